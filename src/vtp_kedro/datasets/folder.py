@@ -1,0 +1,52 @@
+"""A folder of files (WebDataset shards, an ImageNet-style tree) as one catalog entry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from kedro.io import AbstractDataset, DatasetError
+
+from vtp_kedro.vtp.io import atomic_path
+
+FolderWriter = Callable[[Path], Any]
+
+
+class FolderDataset(AbstractDataset[FolderWriter, Path]):
+    """A local folder written atomically and loaded as its path.
+
+    ``save`` takes a *writer*: a function that fills the folder it is given. The dataset
+    calls it with a temporary sibling of ``path`` and renames that onto ``path`` only when
+    the writer returns, so a killed run never leaves a half-written folder that a later
+    run (or ``dvc repro``) would take as done, and stale files of an earlier run vanish.
+    Lazy writing (as kedro-datasets' ``PartitionedDataset`` does with callables) keeps
+    large outputs streaming to disk instead of passing through memory.
+
+    ``load`` returns the folder's path; readers (``expand_urls``, ``LabelledImageFolder``)
+    turn it into samples. It does not require the folder to exist, so that a node may
+    fall back to another source; the readers fail with a message naming the path.
+    """
+
+    def __init__(self, path: str, metadata: dict[str, Any] | None = None) -> None:
+        self._path = Path(path)
+        self.metadata = metadata
+
+    def _load(self) -> Path:
+        return self._path
+
+    def _save(self, data: FolderWriter) -> None:
+        if not callable(data):
+            raise DatasetError(
+                f"FolderDataset '{self._path}' saves a writer function (Path -> None), "
+                f"got {type(data).__name__}"
+            )
+        with atomic_path(self._path) as tmp:
+            tmp.mkdir(parents=True)
+            data(tmp)
+
+    def _exists(self) -> bool:
+        return self._path.is_dir()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": str(self._path)}

@@ -1,0 +1,74 @@
+"""Nodes of the data_filtering pipeline: thin calls into ``vtp.data.filters``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+from pydantic import Field
+
+from vtp_kedro.datasets.folder import FolderWriter
+from vtp_kedro.vtp.config import Config
+from vtp_kedro.vtp.data.filter_report import (
+    plot_caption_length_histogram,
+    plot_resolution_histogram,
+    read_filter_report,
+    write_filter_report,
+)
+from vtp_kedro.vtp.data.filters import FilterRules, filter_shards
+from vtp_kedro.vtp.data.shards import expand_urls
+
+
+class DataFilteringParams(Config):
+    # None reads the embedded dataset (catalog entry raw_captioned_shards); else a path,
+    # glob, brace pattern (shards/{00000..00099}.tar) or fsspec URL of img2dataset shards.
+    input_shards: str | None = None
+    samples_per_shard: int = Field(gt=0)
+    num_workers: int = Field(gt=0)
+    rules: FilterRules
+
+
+def filter_captioned_shards(raw_captioned_shards: Path, params: DataFilteringParams) -> FolderWriter:
+    """Resolve the input shards now (a missing path fails before any work), filter when saved."""
+    urls = expand_urls(params.input_shards or str(raw_captioned_shards))
+
+    def write(output_dir: Path) -> None:
+        report = filter_shards(
+            urls,
+            output_dir,
+            params.rules,
+            samples_per_shard=params.samples_per_shard,
+            num_workers=params.num_workers,
+        )
+        write_filter_report(report, output_dir)
+
+    return write
+
+
+def report_filtering(
+    filtered_shards: Path,
+) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]], Figure, Figure]:
+    """Counts per rule (a DVC metric and MLflow metrics), the shard manifest and two histograms."""
+    report = read_filter_report(filtered_shards)
+    counts = report.to_dict()
+    counts.pop("shards")
+    metrics = {name: {"value": float(value), "step": 0} for name, value in _flatten(counts).items()}
+    manifest = [shard.__dict__ for shard in report.shards]
+    return (
+        counts,
+        metrics,
+        manifest,
+        plot_resolution_histogram(report),
+        plot_caption_length_histogram(report),
+    )
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, int | float]:
+    flat: dict[str, int | float] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

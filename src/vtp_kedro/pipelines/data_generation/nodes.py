@@ -1,0 +1,51 @@
+"""Write the embedded dataset in the formats real users bring, so the real readers are exercised."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from pydantic import Field
+
+from vtp_kedro.datasets.folder import FolderWriter
+from vtp_kedro.vtp.config import Config
+from vtp_kedro.vtp.data.synthetic import (
+    SyntheticConfig,
+    write_captioned_shards,
+    write_labelled_folder,
+)
+
+
+class CaptionedSplitParams(Config):
+    count: int = Field(gt=0)
+    samples_per_shard: int = Field(gt=0)
+
+
+class LabelledSplitParams(Config):
+    train_per_class: int = Field(gt=0)
+    val_per_class: int = Field(gt=0)
+
+
+class DataGenerationParams(Config):
+    generator: SyntheticConfig
+    captioned: CaptionedSplitParams
+    labelled: LabelledSplitParams
+
+
+def generate_captioned_shards(params: DataGenerationParams) -> FolderWriter:
+    """Image-caption pairs as img2dataset-style WebDataset shards (``key.jpg``/``.txt``/``.json``)."""
+    return partial(
+        write_captioned_shards,
+        config=params.generator,
+        count=params.captioned.count,
+        samples_per_shard=params.captioned.samples_per_shard,
+    )
+
+
+def generate_labelled_images(params: DataGenerationParams) -> FolderWriter:
+    """A class-balanced ImageNet-style folder (``train/<class>/*.JPEG``, ``val/<class>/*.JPEG``)."""
+    return partial(
+        write_labelled_folder,
+        config=params.generator,
+        train_per_class=params.labelled.train_per_class,
+        val_per_class=params.labelled.val_per_class,
+    )

@@ -1,0 +1,18 @@
+"""Project settings (see https://docs.kedro.org/en/stable/configure/configuration_basics/)."""
+
+from kedro.config import OmegaConfigLoader
+
+from vtp_kedro.hooks import ProjectMlflowHook
+
+# kedro-mlflow's own hook is replaced by the project's subclass of it.
+DISABLE_HOOKS_FOR_PLUGINS = ("kedro-mlflow",)
+HOOKS = (ProjectMlflowHook(),)
+
+CONFIG_LOADER_CLASS = OmegaConfigLoader
+CONFIG_LOADER_ARGS = {
+    "base_env": "base",
+    "default_run_env": "local",
+    "config_patterns": {
+        "mlflow": ["mlflow*", "mlflow*/**"],
+    },
+}
