@@ -1,0 +1,51 @@
+"""`dvc repro` of the pipeline stages in a fresh git repository, then push/pull to a local remote."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.pipelines.conftest import BIN, project_env
+
+pytestmark = pytest.mark.slow
+
+
+def run(project: Path, *args: str) -> str:
+    # KEDRO_ENV=ci: the stages run `kedro run` with the smoke-sized parameters.
+    result = subprocess.run(
+        list(args), cwd=project, env=project_env(KEDRO_ENV="ci"),
+        capture_output=True, text=True, stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout + result.stderr
+
+
+def test_dvc_repro_runs_stages_once_and_push_pull_restore_data(project: Path, tmp_path: Path) -> None:
+    dvc = str(BIN / "dvc")
+    run(project, "git", "init", "-q")
+    run(project, "git", "add", "-A")
+    run(project, "git", "commit", "-qm", "fresh clone")
+
+    first = run(project, dvc, "repro")
+    assert "Running stage 'data_generation'" in first
+    assert "Running stage 'data_filtering'" in first
+    assert (project / "dvc.lock").exists()
+    assert any((project / "data/03_primary/filtered_shards").glob("*.tar"))
+
+    second = run(project, dvc, "repro")
+    assert "Running stage" not in second
+
+    metrics = run(project, dvc, "metrics", "show")
+    assert "kept" in metrics
+
+    remote = tmp_path / "remote"
+    run(project, dvc, "remote", "modify", "--local", "local", "url", str(remote))
+    run(project, dvc, "push")
+    shutil.rmtree(project / "data/03_primary/filtered_shards")
+    shutil.rmtree(project / ".dvc/cache")
+    run(project, dvc, "pull")
+    assert any((project / "data/03_primary/filtered_shards").glob("*.tar"))
+    assert "Running stage" not in run(project, dvc, "repro")
