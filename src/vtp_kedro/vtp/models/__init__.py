@@ -1,0 +1,55 @@
+"""VTP tokenizer models: ViT trunk, bottleneck and pixel decoder, text tower, heads, EMA teacher."""
+
+from vtp_kedro.vtp.models.ema import cosine_momentum, ema_update, make_teacher
+from vtp_kedro.vtp.models.heads import CLIPProjection, DINOHead, LogitScale
+from vtp_kedro.vtp.models.text import TEXT_PRESETS, TextConfig, TextEncoder, text_config, tokenize
+from vtp_kedro.vtp.models.tokenizer import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    PixelDecoder,
+    TokenizerConfig,
+    TokenizerFeatures,
+    VisualTokenizer,
+    denormalize,
+    normalize,
+)
+from vtp_kedro.vtp.models.vit import (
+    VIT_PRESETS,
+    Attention,
+    Block,
+    VisionTransformer,
+    ViTConfig,
+    apply_rope,
+    axial_rope,
+    vit_config,
+)
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "TEXT_PRESETS",
+    "VIT_PRESETS",
+    "Attention",
+    "Block",
+    "CLIPProjection",
+    "DINOHead",
+    "LogitScale",
+    "PixelDecoder",
+    "TextConfig",
+    "TextEncoder",
+    "TokenizerConfig",
+    "TokenizerFeatures",
+    "ViTConfig",
+    "VisionTransformer",
+    "VisualTokenizer",
+    "apply_rope",
+    "axial_rope",
+    "cosine_momentum",
+    "denormalize",
+    "ema_update",
+    "make_teacher",
+    "normalize",
+    "text_config",
+    "tokenize",
+    "vit_config",
+]
