@@ -4,8 +4,9 @@ from kedro.config import OmegaConfigLoader
 
 from vtp_kedro.hooks import ProjectMlflowHook
 
-# kedro-mlflow's own hook is replaced by the project's subclass of it.
-DISABLE_HOOKS_FOR_PLUGINS = ("kedro-mlflow",)
+# kedro-mlflow's own hook is replaced by the project's subclass of it (its distribution
+# names itself kedro_mlflow in recent wheels, kedro-mlflow in older ones).
+DISABLE_HOOKS_FOR_PLUGINS = ("kedro-mlflow", "kedro_mlflow")
 HOOKS = (ProjectMlflowHook(),)
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader

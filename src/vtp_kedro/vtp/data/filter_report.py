@@ -1,0 +1,90 @@
+"""Plots of a data-filtering run: what came in against what was kept.
+
+Figures are built with :class:`matplotlib.figure.Figure` directly, not pyplot, so nothing
+touches global state and no display backend is needed; save them with ``fig.savefig``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from vtp_kedro.vtp.data.filters import FilterReport
+from vtp_kedro.vtp.data.shards import ShardInfo
+from vtp_kedro.vtp.io import atomic_path
+
+REPORT_FILE = "filter_report.json"
+STATS_FILE = "filter_stats.npz"
+
+
+def write_filter_report(report: FilterReport, folder: str | Path) -> None:
+    """Store the report beside the shards it describes (``*.tar`` globs do not pick these up)."""
+    folder = Path(folder)
+    with atomic_path(folder / REPORT_FILE) as tmp:
+        tmp.write_text(json.dumps(report.to_dict(), indent=2, sort_keys=True))
+    with atomic_path(folder / STATS_FILE) as tmp, open(tmp, "wb") as file:
+        np.savez_compressed(file, widths=report.widths, heights=report.heights,
+                            caption_words=report.caption_words, kept_mask=report.kept_mask)
+
+
+def read_filter_report(folder: str | Path) -> FilterReport:
+    """The report ``write_filter_report`` stored in ``folder``."""
+    folder = Path(folder)
+    path = folder / REPORT_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no filter report {path}: is {folder} the output of the data_filtering pipeline?")
+    counts = json.loads(path.read_text())
+    with np.load(folder / STATS_FILE) as stats:
+        return FilterReport(
+            total=counts["total"], kept=counts["kept"], dropped=counts["dropped"],
+            shard_errors=counts["shard_errors"], shards=[ShardInfo(**s) for s in counts["shards"]],
+            widths=stats["widths"], heights=stats["heights"],
+            caption_words=stats["caption_words"], kept_mask=stats["kept_mask"],
+        )
+
+_MAX_INTEGER_BINS = 100
+
+
+def _integer_bin_edges(values: np.ndarray) -> np.ndarray:
+    """One bin per integer for small ranges, else an automatic choice; always shared by both series."""
+    if values.size == 0:
+        return np.arange(2) - 0.5
+    low, high = int(values.min()), int(values.max())
+    if high - low <= _MAX_INTEGER_BINS:
+        return np.arange(low, high + 2) - 0.5
+    return np.histogram_bin_edges(values, bins="auto")
+
+
+def _overlay(ax: Axes, values: np.ndarray, kept: np.ndarray, xlabel: str, title: str) -> None:
+    """Input and kept histograms of ``values`` on the same bins."""
+    edges = _integer_bin_edges(values)
+    ax.hist(values, bins=edges, color="tab:gray", alpha=0.6, label=f"input ({values.size})")
+    ax.hist(values[kept], bins=edges, color="tab:blue", alpha=0.8, label=f"kept ({int(kept.sum())})")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("samples")
+    ax.set_title(title)
+    ax.legend()
+
+
+def plot_resolution_histogram(report: FilterReport) -> Figure:
+    """Width and height of the decodable input images, input vs kept."""
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    width_ax, height_ax = fig.subplots(1, 2)
+    _overlay(width_ax, report.widths, report.kept_mask, "width (px)", "Image width")
+    _overlay(height_ax, report.heights, report.kept_mask, "height (px)", "Image height")
+    fig.suptitle("Resolution of decodable input images")
+    return fig
+
+
+def plot_caption_length_histogram(report: FilterReport) -> Figure:
+    """Caption word counts of the decodable input samples with a valid caption, input vs kept."""
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.subplots()
+    has_caption = report.caption_words >= 0
+    _overlay(ax, report.caption_words[has_caption], report.kept_mask[has_caption],
+             "caption length (words)", "Caption length")
+    return fig
