@@ -1,0 +1,245 @@
+"""VTP: the visual tokenizer pre-trained with one joint loss (paper Section 3, Eq. 2).
+
+    L_total = λ_rec L_rec + λ_ssl L_ssl + λ_clip L_clip,   λ_rec > 0, λ_ssl, λ_clip >= 0
+    L_rec   = L1 + w_p LPIPS                                 (B_rec images)
+    L_ssl   = L_dino + L_ibot + w_koleo L_koleo              (B_ssl images, EMA teacher)
+    L_clip  = symmetric InfoNCE(image CLS, caption)          (all B pairs)
+
+From one batch of B image-caption pairs, CLIP uses all B, SSL a random subset B_ssl and
+reconstruction a random subset B_rec (paper: 16k / 4k / 2k), drawn from the model's own
+seeded generator so that a step is reproducible and resumable. When CLIP runs, the
+reconstruction reuses its encoder pass (decoding the subset's latents) instead of encoding
+the images twice. An objective whose λ is 0 is not built and costs no compute.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field, model_validator
+from torch import Tensor, nn
+
+from vtp_kedro.vtp.config import Config
+from vtp_kedro.vtp.data.transforms import MultiCrop, MultiCropConfig, block_masks, sample_subsets
+from vtp_kedro.vtp.losses.contrastive import ContrastiveLoss
+from vtp_kedro.vtp.losses.reconstruction import ReconstructionLoss, ReconstructionLossConfig
+from vtp_kedro.vtp.losses.ssl import SSLLoss, SSLLossConfig
+from vtp_kedro.vtp.models.ema import cosine_momentum, ema_update, make_teacher
+from vtp_kedro.vtp.models.heads import CLIPProjection, DINOHead, LogitScale
+from vtp_kedro.vtp.models.text import TextConfig, TextEncoder
+from vtp_kedro.vtp.models.tokenizer import TokenizerConfig, VisualTokenizer
+
+Objective = Literal["ae", "clip_ae", "ssl_ae", "vtp"]
+# (λ_ssl, λ_clip) of each named preset; λ_rec is its own setting (paper default 0.1).
+OBJECTIVE_PRESETS: dict[str, tuple[float, float]] = {
+    "ae": (0.0, 0.0),
+    "clip_ae": (0.0, 1.0),
+    "ssl_ae": (1.0, 0.0),
+    "vtp": (1.0, 1.0),
+}
+
+
+class DINOHeadConfig(Config):
+    prototypes: int = Field(65536, gt=0, description="65536 at paper scale, fewer for small runs")
+    hidden_dim: int = Field(2048, gt=0)
+    bottleneck_dim: int = Field(256, gt=0)
+
+
+class MaskingConfig(Config):
+    """iBOT block masking of the student's global crops (DINOv2's defaults)."""
+
+    ratio_range: tuple[float, float] = (0.1, 0.5)
+    probability: float = Field(0.5, ge=0, le=1, description="share of the SSL images that get a mask")
+
+
+class VTPConfig(Config):
+    tokenizer: TokenizerConfig
+    text: TextConfig = TextConfig()
+    embed_dim: int = Field(512, gt=0, description="joint image-text embedding width of CLIP")
+    semantic_features: Literal["trunk", "bottleneck"] = Field(
+        "bottleneck", description="what the CLIP/DINO heads read; the paper's linear probe reads the bottleneck"
+    )
+    objective: Objective = "vtp"
+    lambda_rec: float = Field(0.1, gt=0)
+    lambda_ssl: float | None = Field(None, ge=0, description="None: the objective preset's value")
+    lambda_clip: float | None = Field(None, ge=0, description="None: the objective preset's value")
+    ssl_fraction: float = Field(0.25, gt=0, le=1, description="B_ssl / B (paper 4k / 16k)")
+    rec_fraction: float = Field(0.125, gt=0, le=1, description="B_rec / B (paper 2k / 16k)")
+    reconstruction: ReconstructionLossConfig = ReconstructionLossConfig()
+    dino_head: DINOHeadConfig = DINOHeadConfig()
+    ssl: SSLLossConfig | None = Field(None, description="None: defaults with out_dim = dino_head.prototypes")
+    multicrop: MultiCropConfig = MultiCropConfig()
+    masking: MaskingConfig = MaskingConfig()
+    teacher_momentum: tuple[float, float] = Field((0.992, 1.0), description="cosine schedule start, end")
+    seed: int = Field(0, ge=0, description="seed of the sub-batch, crop and mask sampler")
+
+    @model_validator(mode="after")
+    def _check(self) -> VTPConfig:
+        if self.ssl is not None and self.ssl.out_dim != self.dino_head.prototypes:
+            raise ValueError(f"ssl.out_dim ({self.ssl.out_dim}) must equal dino_head.prototypes "
+                             f"({self.dino_head.prototypes})")
+        start, end = self.teacher_momentum
+        if not 0 <= start <= end <= 1:
+            raise ValueError(f"teacher_momentum must satisfy 0 <= start <= end <= 1, got {self.teacher_momentum}")
+        patch = self.tokenizer.encoder.patch_size
+        for name in ("global_size", "local_size"):
+            if self.lambdas[1] > 0 and getattr(self.multicrop, name) % patch:
+                raise ValueError(f"multicrop.{name} ({getattr(self.multicrop, name)}) must be a multiple "
+                                 f"of the patch size ({patch})")
+        return self
+
+    @property
+    def lambdas(self) -> tuple[float, float, float]:
+        """(λ_rec, λ_ssl, λ_clip) with the preset filling the unset ones."""
+        preset_ssl, preset_clip = OBJECTIVE_PRESETS[self.objective]
+        ssl = preset_ssl if self.lambda_ssl is None else self.lambda_ssl
+        clip = preset_clip if self.lambda_clip is None else self.lambda_clip
+        return self.lambda_rec, ssl, clip
+
+    @property
+    def ssl_loss(self) -> SSLLossConfig:
+        return self.ssl or SSLLossConfig(out_dim=self.dino_head.prototypes, teacher_temperature_warmup_steps=0)
+
+
+_FROZEN_METRIC_PREFIX = "reconstruction_loss.perceptual."
+
+
+def _drop_frozen_metric_weights(module: nn.Module, state_dict: dict, prefix: str, local_metadata) -> None:
+    for key in [k for k in state_dict if k.startswith(prefix + _FROZEN_METRIC_PREFIX)]:
+        del state_dict[key]
+
+
+def _ignore_frozen_metric_weights(module: nn.Module, incompatible_keys) -> None:
+    missing = incompatible_keys.missing_keys
+    missing[:] = [k for k in missing if _FROZEN_METRIC_PREFIX not in k]
+
+
+class VTPModel(nn.Module):
+    """Student (tokenizer, text tower, heads), EMA teacher and the three objectives.
+
+    ``training_step(batch, step)`` takes ``{"images": (B, 3, H, W) normalised, "tokens":
+    (B, context) long}`` and returns ``(loss, metrics)`` with every term separately.
+    """
+
+    def __init__(self, config: VTPConfig, rank: int = 0) -> None:
+        super().__init__()
+        self.config = config
+        self.lambda_rec, self.lambda_ssl, self.lambda_clip = config.lambdas
+        self.tokenizer = VisualTokenizer(config.tokenizer)
+        self.reconstruction_loss = ReconstructionLoss(config.reconstruction)
+        semantic_dim = (config.tokenizer.encoder.width if config.semantic_features == "trunk"
+                        else config.tokenizer.latent_dim)
+        if self.lambda_clip > 0:
+            self.text = TextEncoder(config.text, config.embed_dim)
+            self.clip_projection = CLIPProjection(semantic_dim, config.embed_dim)
+            self.logit_scale = LogitScale()
+            self.contrastive_loss = ContrastiveLoss()
+        if self.lambda_ssl > 0:
+            head = config.dino_head
+            self.dino_head = DINOHead(semantic_dim, head.prototypes, head.hidden_dim, head.bottleneck_dim)
+            self.ssl_loss = SSLLoss(config.ssl_loss)
+            self.multicrop = MultiCrop(config.multicrop)
+            self.teacher = make_teacher(nn.ModuleDict(self._teacher_pairs_student()))
+        # LPIPS is a frozen metric network shipped by its packages: keep its 58 MB out of checkpoints.
+        self.register_state_dict_post_hook(_drop_frozen_metric_weights)
+        self.register_load_state_dict_post_hook(_ignore_frozen_metric_weights)
+        # Sub-batches, crops and masks come from this generator (checkpointed with the model);
+        # each rank draws its own from its local batch.
+        self.sampler = torch.Generator().manual_seed(config.seed + 1_000_003 * rank)
+
+    def _teacher_pairs_student(self) -> dict[str, nn.Module]:
+        return {"encoder": self.tokenizer.encoder, "bottleneck": self.tokenizer.bottleneck,
+                "dino_head": self.dino_head}
+
+    def semantic_tokens(self, encoder: nn.Module, bottleneck: nn.Module, images: Tensor,
+                        mask: Tensor | None = None) -> Tensor:
+        trunk = encoder(images, mask)
+        return trunk if self.config.semantic_features == "trunk" else bottleneck(trunk)
+
+    # --- the three objectives -------------------------------------------------------
+    def clip_objective(self, semantic_cls: Tensor, tokens: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        loss, metrics = self.contrastive_loss(self.clip_projection(semantic_cls), self.text(tokens),
+                                              self.logit_scale())
+        return loss, {"clip": loss.detach(), **metrics}
+
+    def reconstruction_objective(self, latent: Tensor, targets: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        loss, metrics = self.reconstruction_loss(self.tokenizer.decode(latent), targets)
+        return loss, {"rec": loss.detach(), **metrics}
+
+    def ssl_objective(self, images: Tensor, step: int) -> tuple[Tensor, dict[str, Tensor]]:
+        global_crops, local_crops = self.multicrop(images, self.sampler)
+        n_global, batch = len(global_crops), len(images)
+        globals_stacked = torch.cat(global_crops)
+        grid = self.tokenizer.encoder.grid_size(globals_stacked)
+        masks = block_masks(n_global * batch, grid, generator=self.sampler,
+                            mask_ratio_range=self.config.masking.ratio_range,
+                            mask_probability=self.config.masking.probability).to(images.device)
+        with torch.no_grad():
+            teacher = self.teacher
+            t_tokens = self.semantic_tokens(teacher.encoder, teacher.bottleneck, globals_stacked)
+            teacher_cls = teacher.dino_head(t_tokens[:, 0]).chunk(n_global)
+            teacher_patch = teacher.dino_head(t_tokens[:, 1:][masks])
+        encoder, bottleneck = self.tokenizer.encoder, self.tokenizer.bottleneck
+        s_global = self.semantic_tokens(encoder, bottleneck, globals_stacked, masks)
+        student_cls = list(self.dino_head(s_global[:, 0]).chunk(n_global))
+        if local_crops:
+            s_local = self.semantic_tokens(encoder, bottleneck, torch.cat(local_crops))
+            student_cls += list(self.dino_head(s_local[:, 0]).chunk(len(local_crops)))
+        student_patch = self.dino_head(s_global[:, 1:][masks])
+        loss, metrics = self.ssl_loss(student_cls, teacher_cls, student_patch, teacher_patch, masks,
+                                      s_global[:, 0].chunk(n_global), step)
+        return loss, {"ssl": loss.detach(), **metrics}
+
+    # --- one step -------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Tensor], step: int) -> tuple[Tensor, dict[str, Tensor]]:
+        images = batch["images"]
+        ssl_idx, rec_idx = sample_subsets(
+            len(images),
+            self.config.ssl_fraction if self.lambda_ssl > 0 else 0.0,
+            self.config.rec_fraction,
+            self.sampler,
+        )
+        ssl_idx, rec_idx = ssl_idx.to(images.device), rec_idx.to(images.device)
+        metrics: dict[str, Tensor] = {}
+        total = images.new_zeros(())
+        if self.lambda_clip > 0:
+            feats = self.tokenizer.forward_features(images)
+            semantic = self.tokenizer.semantic_features(feats, self.config.semantic_features)
+            clip, clip_metrics = self.clip_objective(semantic[:, 0], batch["tokens"])
+            total = total + self.lambda_clip * clip
+            metrics.update(clip_metrics)
+            latent = feats.latent()[rec_idx]
+        else:
+            latent = self.tokenizer.encode(images[rec_idx])
+        rec, rec_metrics = self.reconstruction_objective(latent, images[rec_idx])
+        total = total + self.lambda_rec * rec
+        metrics.update(rec_metrics)
+        if self.lambda_ssl > 0:
+            ssl, ssl_metrics = self.ssl_objective(images[ssl_idx], step)
+            total = total + self.lambda_ssl * ssl
+            metrics.update(ssl_metrics)
+        metrics["loss"] = total.detach()
+        return total, metrics
+
+    @torch.no_grad()
+    def update_teacher(self, step: int, total_steps: int) -> float:
+        """EMA of the student into the teacher after an optimiser step; returns the momentum."""
+        if self.lambda_ssl == 0:
+            return 1.0
+        start, end = self.config.teacher_momentum
+        momentum = cosine_momentum(step, total_steps, start, end)
+        for name, student in self._teacher_pairs_student().items():
+            ema_update(self.teacher[name], student, momentum)
+        return momentum
+
+    def named_trainable_parameters(self):
+        """The student's parameters (the teacher and the frozen LPIPS network are excluded)."""
+        return ((n, p) for n, p in self.named_parameters() if p.requires_grad)
+
+    # The sampler's state travels in state_dict() so that a resumed run draws the same sub-batches.
+    def get_extra_state(self) -> Tensor:
+        return self.sampler.get_state()
+
+    def set_extra_state(self, state: Tensor) -> None:
+        self.sampler.set_state(state)

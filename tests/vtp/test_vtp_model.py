@@ -1,0 +1,151 @@
+"""VTPModel: the joint objective, its presets, sub-batch sampling, teacher and FLOPs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from vtp_kedro.vtp.data.synthetic import SyntheticConfig, render_sample
+from vtp_kedro.vtp.data.transforms import MultiCropConfig
+from vtp_kedro.vtp.models.text import TextConfig, tokenize
+from vtp_kedro.vtp.models.tokenizer import TokenizerConfig, normalize
+from vtp_kedro.vtp.models.vit import ViTConfig
+from vtp_kedro.vtp.models.vtp import OBJECTIVE_PRESETS, VTPConfig, VTPModel
+from vtp_kedro.vtp.train.flops import training_step_flops
+
+PRESETS = list(OBJECTIVE_PRESETS)
+
+
+def small_config(objective: str, **overrides) -> VTPConfig:
+    """A model small enough for many CPU steps in a test; every part of the paper model is there."""
+    encoder = ViTConfig(width=64, depth=2, heads=1, patch_size=4, image_size=32)
+    return VTPConfig(
+        tokenizer=TokenizerConfig(encoder=encoder, latent_dim=16, decoder_width=64, decoder_depth=1, decoder_heads=1),
+        text=TextConfig(width=64, heads=1, layers=1),
+        embed_dim=64,
+        objective=objective,
+        reconstruction={"perceptual_backbone": "random"},
+        dino_head={"prototypes": 128, "hidden_dim": 128, "bottleneck_dim": 32},
+        ssl={"out_dim": 128, "teacher_temperature_warmup_steps": 10},
+        multicrop=MultiCropConfig(global_size=32, local_size=16, local_crops=2),
+        ssl_fraction=0.5,
+        rec_fraction=0.5,
+        **overrides,
+    )
+
+
+def embedded_batch(count: int) -> dict[str, torch.Tensor]:
+    samples = [render_sample(SyntheticConfig(), "train", i) for i in range(count)]
+    pixels = torch.stack([
+        torch.frombuffer(bytearray(s.image.tobytes()), dtype=torch.uint8).view(32, 32, 3).permute(2, 0, 1)
+        for s in samples
+    ]).float() / 255
+    return {"images": normalize(pixels), "tokens": tokenize([s.caption for s in samples])}
+
+
+def count_calls(module: torch.nn.Module | None) -> list[int]:
+    calls = [0]
+    if module is not None:
+        module.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+@pytest.mark.parametrize("objective", PRESETS)
+def test_each_preset_computes_exactly_its_losses(objective: str) -> None:
+    torch.manual_seed(0)
+    model = VTPModel(small_config(objective))
+    lambda_rec, lambda_ssl, lambda_clip = model.config.lambdas
+    assert lambda_rec == 0.1 and (lambda_ssl, lambda_clip) == OBJECTIVE_PRESETS[objective]
+    text = count_calls(getattr(model, "text", None))
+    teacher = count_calls(getattr(model, "teacher", None) and model.teacher.encoder)
+    decoder = count_calls(model.tokenizer.decoder)
+    loss, metrics = model.training_step(embedded_batch(8), step=0)
+    loss.backward()
+
+    assert decoder[0] == 1 and "rec" in metrics and "lpips" in metrics
+    assert (text[0] == 1) == (lambda_clip > 0) == ("clip" in metrics) == hasattr(model, "text")
+    assert (teacher[0] == 1) == (lambda_ssl > 0) == ("ssl" in metrics) == hasattr(model, "teacher")
+    expected = lambda_rec * metrics["rec"]
+    expected += lambda_ssl * metrics["ssl"] if lambda_ssl else 0
+    expected += lambda_clip * metrics["clip"] if lambda_clip else 0
+    assert torch.allclose(loss.detach(), expected)
+    if lambda_ssl:
+        assert {"dino", "ibot", "koleo", "teacher_cls_entropy"} <= metrics.keys()
+        assert all(p.grad is None for p in model.teacher.parameters())
+
+
+def test_explicit_lambdas_override_the_preset() -> None:
+    config = small_config("vtp", lambda_ssl=0.0, lambda_clip=0.5)
+    assert config.lambdas == (0.1, 0.0, 0.5)
+    with pytest.raises(ValueError, match="lambda_rec"):
+        small_config("ae", lambda_rec=0.0)
+
+
+def test_sub_batches_are_reproducible_from_the_seed() -> None:
+    batch = embedded_batch(8)
+    losses = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = VTPModel(small_config("vtp", seed=3))
+        losses.append([float(model.training_step(batch, step)[0]) for step in range(2)])
+    assert losses[0] == losses[1]
+    torch.manual_seed(0)
+    other = VTPModel(small_config("vtp", seed=4))
+    assert float(other.training_step(batch, 0)[0]) != losses[0][0]
+
+
+def test_state_dict_round_trip_keeps_sampler_and_drops_lpips() -> None:
+    torch.manual_seed(0)
+    model = VTPModel(small_config("vtp"))
+    model.training_step(embedded_batch(4), 0)
+    state = model.state_dict()
+    assert not any("perceptual" in key for key in state)
+    restored = VTPModel(small_config("vtp"))
+    restored.load_state_dict(state)  # strict: every key present
+    assert torch.equal(restored.sampler.get_state(), model.sampler.get_state())
+
+
+def test_teacher_follows_the_student_by_ema() -> None:
+    torch.manual_seed(0)
+    model = VTPModel(small_config("ssl_ae"))
+    with torch.no_grad():
+        model.tokenizer.bottleneck.weight.add_(1.0)
+    before = model.teacher.bottleneck.weight.clone()
+    momentum = model.update_teacher(step=0, total_steps=10)
+    assert momentum == pytest.approx(0.992)
+    expected = momentum * before + (1 - momentum) * model.tokenizer.bottleneck.weight
+    assert torch.allclose(model.teacher.bottleneck.weight, expected)
+
+
+@pytest.mark.parametrize("objective", PRESETS)
+@pytest.mark.parametrize("semantic_features", ["bottleneck", "trunk"])
+def test_analytic_flops_match_flop_counter(objective: str, semantic_features: str) -> None:
+    torch.manual_seed(0)
+    config = small_config(objective, semantic_features=semantic_features)
+    model = VTPModel(config)
+    with FlopCounterMode(display=False) as counter:
+        loss, _ = model.training_step(embedded_batch(8), 0)
+        loss.backward()
+    analytic = training_step_flops(config, batch_size=8, image_size=32)
+    assert analytic["total"] == pytest.approx(counter.get_total_flops(), rel=0.10)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("objective", PRESETS)
+def test_fifty_steps_overfit_64_embedded_images(objective: str) -> None:
+    torch.manual_seed(0)
+    model = VTPModel(small_config(objective))
+    batch = embedded_batch(64)
+    optimizer = torch.optim.AdamW([p for _, p in model.named_trainable_parameters()], lr=2e-3)
+    rec = []
+    for step in range(50):
+        loss, metrics = model.training_step(batch, step)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        model.update_teacher(step, 50)
+        rec.append(float(metrics["rec"]))
+        assert torch.isfinite(loss)
+    first, last = sum(rec[:5]) / 5, sum(rec[-5:]) / 5
+    assert last < 0.7 * first, f"L_rec fell from {first:.3f} to {last:.3f} only"
