@@ -17,6 +17,7 @@ BIN = Path(sys.executable).parent
 def copy_project(destination: Path) -> Path:
     """The project's tracked layout (code, conf, dvc files, empty data folders) without any data."""
     names = ["pyproject.toml", "src", "conf", "dvc.yaml", ".dvc", ".dvcignore", ".gitignore"]
+    destination.mkdir(parents=True)
     for name in names:
         source = REPO / name
         if source.is_dir():
