@@ -24,10 +24,18 @@ from typing import IO
 
 import braceexpand
 import fsspec
-import webdataset as wds
-from webdataset.tariterators import base_plus_ext
 
 from vtp_kedro.vtp.io import atomic_path
+
+# webdataset's key convention (webdataset.tariterators.base_plus_ext): the key is the member
+# path up to the first dot of its base name. Restated here because importing webdataset
+# imports torch, ~1.5 s that every filtering worker would pay before reading a byte.
+_KEY_AND_EXTENSION = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
+
+
+def base_plus_ext(path: str) -> tuple[str | None, str | None]:
+    match = _KEY_AND_EXTENSION.match(path)
+    return (match.group(1), match.group(2)) if match else (None, None)
 
 log = logging.getLogger(__name__)
 # Members such as __index__ carry shard metadata, not samples (webdataset skips them too).
@@ -45,6 +53,10 @@ class ShardInfo:
 
 def write_shard(path: str | Path, samples: Iterable[Mapping[str, bytes | str]]) -> ShardInfo:
     """Write ``samples`` (dicts with ``__key__`` and extension -> bytes) to one tar, atomically."""
+    # Imported here: webdataset imports torch (~1.5 s), which the filtering workers, that only
+    # read shards, should not pay for at start-up.
+    import webdataset as wds
+
     path = Path(path)
     buffer = io.BytesIO()
     count = 0
