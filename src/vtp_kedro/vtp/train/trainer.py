@@ -1,0 +1,585 @@
+"""The one training loop of the project: tokenizer pre-training, the decoder GAN stage and DiT.
+
+A stage hands the trainer a ``TrainTask`` (its model and its loss) and a ``ResumableIterable``
+of batches; the trainer owns everything else: AdamW and the learning-rate schedule, gradient
+accumulation and clipping, bf16 autocast on CUDA, DDP or FSDP, the step budget, skipping
+non-finite steps, logging, and checkpoints from which a killed run resumes bit-identically.
+
+One step (``step`` counts from 0) consumes ``accumulation_steps`` batches per rank::
+
+    for each micro-batch:   loss, terms = task.training_step(batch, step); (loss / A).backward()
+    norm = ||grads||;  if loss or norm is non-finite on any rank: skip (zero grads, count)
+    else: clip to grad_clip; optimizer.step() at lr(step); task.after_optimizer_step(step, total)
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import datetime
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import torch
+from pydantic import Field, model_validator
+from torch import Tensor, nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from tqdm import tqdm
+
+from vtp_kedro.vtp.config import Config
+from vtp_kedro.vtp.io import atomic_path
+from vtp_kedro.vtp.train import checkpoint as ckpt
+from vtp_kedro.vtp.train.distributed import (
+    DeviceKind,
+    ParallelKind,
+    all_reduce_mean,
+    any_rank,
+    barrier,
+    gather_to_main,
+    is_initialized,
+    is_main_process,
+    parallelize,
+    rank,
+    resolve_device,
+    seed_all,
+    world_size,
+)
+from vtp_kedro.vtp.train.optim import OptimizerConfig, build_adamw
+from vtp_kedro.vtp.train.schedules import learning_rate
+
+log = logging.getLogger(__name__)
+
+MetricLogger = Callable[[dict[str, float], int], None]
+METRICS_LOG = "metrics.jsonl"  # in the run folder: one {"step": ..., metric: value} record per log
+RESULT_FILE = "result.json"  # in the run folder: the final checkpoint and counters, from rank 0
+_TRAINER_METRICS = ("lr", "grad_norm", "samples_per_s", "samples", "flops", "flop_per_s", "nonfinite_steps")
+
+
+# --- configuration -----------------------------------------------------------------------
+class BudgetConfig(Config):
+    """How long to train: optimiser steps, samples (global), or FLOPs (fwd+bwd, all ranks)."""
+
+    unit: Literal["steps", "samples", "flops"]
+    value: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> BudgetConfig:
+        if self.unit == "steps" and self.value != int(self.value):
+            raise ValueError(f"a budget in steps must be a whole number; got {self.value}")
+        return self
+
+
+class TrainerConfig(Config):
+    """Everything about how to train, nothing about what: the stage's own settings go to its task."""
+
+    budget: BudgetConfig
+    optimizer: OptimizerConfig = OptimizerConfig()
+    accumulation_steps: int = Field(1, ge=1, description="micro-batches per optimiser step and rank")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")
+    compile: bool | None = Field(None, description="torch.compile the step; None: on with CUDA, off on CPU")
+    activation_checkpointing: bool = Field(False, description="passed to task.set_activation_checkpointing")
+    parallel: ParallelKind = Field("ddp", description="under torchrun: replicate (ddp) or shard (fsdp) the model")
+    find_unused_parameters: bool = Field(False, description="ddp: allow trainable parameters a step leaves unused")
+    device: DeviceKind = "auto"
+    seed: int = Field(0, ge=0, description="model init uses seed; training noise seed + rank")
+    log_every: int = Field(10, gt=0)
+    checkpoint_every: int = Field(1000, gt=0, description="steps between checkpoints; one is always saved at the end")
+    keep_last: int = Field(3, ge=1)
+    resume: str = Field("auto", min_length=1, description="auto | never | path of a checkpoint folder")
+    max_consecutive_nonfinite: int = Field(10, gt=0, description="stop after this many skipped steps in a row")
+
+
+def total_steps_for(budget: BudgetConfig, samples_per_step: int, flops_per_step: float | None) -> int:
+    """Steps to train: the smallest count that spends the whole budget."""
+    if budget.unit == "steps":
+        return int(budget.value)
+    if budget.unit == "samples":
+        return math.ceil(budget.value / samples_per_step)
+    if not flops_per_step:
+        raise ValueError("a budget in flops needs task.flops_per_step(batch) to return the step's FLOPs")
+    return math.ceil(budget.value / flops_per_step)
+
+
+# --- what a stage gives the trainer --------------------------------------------------------
+class TrainTask(abc.ABC):
+    """A training stage: its model, its loss, and what happens around the optimiser step.
+
+    A plain object (not an ``nn.Module``) holding the trainable ``model``; the trainer moves the
+    model to the device, wraps it for DDP/FSDP, optimises ``named_trainable_parameters()`` and
+    checkpoints ``model.state_dict()`` (which may include an EMA teacher as a frozen submodule)
+    plus ``state_dict()``. Override what the stage needs; the defaults suit a single-loss model.
+    """
+
+    model: nn.Module
+
+    @abc.abstractmethod
+    def training_step(self, batch: Any, step: int) -> tuple[Tensor, Mapping[str, float | Tensor]]:
+        """The scalar loss to minimise on this rank's micro-batch, and every term for logging
+        (scalars; the same names at every step and on every rank, as they are averaged over both)."""
+
+    def named_trainable_parameters(self) -> Iterable[tuple[str, nn.Parameter]]:
+        """The parameters to optimise, named as in ``model`` (default: those requiring grad)."""
+        return ((name, p) for name, p in self.model.named_parameters() if p.requires_grad)
+
+    def configure_optimizer(self, config: OptimizerConfig) -> torch.optim.Optimizer:
+        """The optimiser (default AdamW with no decay on norms, biases, tokens); a stage that
+        needs another, or several behind one ``step()`` (the GAN stage), overrides this."""
+        return build_adamw(self.named_trainable_parameters(), config)
+
+    def after_optimizer_step(self, step: int, total_steps: int) -> None:
+        """Runs after each applied optimiser step, e.g. the EMA teacher update."""
+
+    def flops_per_step(self, batch: Any) -> float | None:
+        """Analytic forward+backward FLOPs of ``training_step`` on ``batch`` (None: unknown;
+        then FLOPs are not logged and a FLOPs budget is refused)."""
+        return None
+
+    def fsdp_units(self) -> Iterable[nn.Module]:
+        """Submodules FSDP shards as separate all-gather units (e.g. transformer blocks)."""
+        return ()
+
+    def set_activation_checkpointing(self, enabled: bool) -> None:
+        raise NotImplementedError(f"{type(self).__name__} does not support activation checkpointing")
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Checkpointed state beyond ``model.state_dict()``: a flat name -> tensor mapping
+        (stored as safetensors); generator states are ``torch.Generator.get_state()`` tensors."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        if state:
+            raise ValueError(f"{type(self).__name__} keeps no state but the checkpoint has {sorted(state)}")
+
+
+@runtime_checkable
+class ResumableIterable(Protocol):
+    """A source of batches that can say where it is and go back there.
+
+    ``iter()`` yields batches from the current position (endlessly, or for one epoch, after
+    which the trainer calls ``iter()`` again); ``state_dict()`` describes the position after
+    the last batch *yielded* (not prefetched) as plain JSON values; ``load_state_dict`` moves
+    there before the next ``iter()``. Randomness comes from the source's own seeded
+    generators, which the position includes. Each rank holds its own shard of the data.
+    """
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class MlflowMetricLogger:
+    """``log_metrics(metrics, step)`` into an existing MLflow run, e.g. Kedro's, by its id.
+
+    Uses ``MlflowClient`` rather than the fluent API: a training process (or rank 0 under
+    torchrun) writes into the parent's run without starting or ending runs itself.
+    """
+
+    def __init__(self, run_id: str, tracking_uri: str | None = None, prefix: str = "") -> None:
+        # Imported here: mlflow takes seconds to import, which ranks that do not log skip.
+        from mlflow.entities import Metric
+        from mlflow.tracking import MlflowClient
+
+        self.client, self._metric = MlflowClient(tracking_uri=tracking_uri), Metric
+        self.run_id, self.prefix = run_id, prefix
+        self.client.get_run(run_id)  # fails now, naming the id, if the run does not exist
+
+    def __call__(self, metrics: Mapping[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        entries = [self._metric(self.prefix + key, float(value), now, step) for key, value in metrics.items()]
+        self.client.log_batch(self.run_id, metrics=entries)
+
+
+# --- helpers ----------------------------------------------------------------------------------
+def batch_size(batch: Any) -> int:
+    """Leading dimension of the first tensor in a (nested) batch."""
+    if isinstance(batch, Tensor):
+        return batch.shape[0] if batch.ndim else 1
+    values = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (list, tuple)) else ()
+    for value in values:
+        with contextlib.suppress(ValueError):
+            return batch_size(value)
+    raise ValueError(f"cannot tell the batch size of a {type(batch).__name__}: it holds no tensor")
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {key: to_device(value, device) for key, value in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(value, device) for value in batch)
+    return batch
+
+
+class _TrainingStep(nn.Module):
+    """Routes ``task.training_step`` through ``forward`` so DDP's and FSDP's hooks run around it."""
+
+    def __init__(self, task: TrainTask) -> None:
+        super().__init__()
+        self.model = task.model
+        self.__dict__["task"] = task  # a plain attribute: the task is not a submodule
+
+    def forward(self, batch: Any, step: int) -> tuple[Tensor, Mapping[str, float | Tensor]]:
+        return self.task.training_step(batch, step)
+
+
+_MODEL_PREFIX = "model."
+
+
+# --- the trainer ------------------------------------------------------------------------------
+class Trainer:
+    """Trains ``task`` on ``data`` under ``config``; checkpoints go to ``output_dir/checkpoints``.
+
+    ``log_metrics(metrics, step)`` receives, on rank 0 every ``log_every`` steps, the task's
+    terms averaged over the steps since the last log and over ranks, plus ``lr``,
+    ``grad_norm``, ``samples_per_s``, ``samples``, ``flops``, ``flop_per_s`` and
+    ``nonfinite_steps``; the same records go to ``output_dir/metrics.jsonl``.
+    """
+
+    def __init__(self, config: TrainerConfig, task: TrainTask, data: ResumableIterable,
+                 output_dir: str | Path, log_metrics: MetricLogger | None = None) -> None:
+        if isinstance(task, nn.Module):
+            raise TypeError(f"the task ({type(task).__name__}) must not be an nn.Module: hold the model in task.model")
+        if not isinstance(getattr(task, "model", None), nn.Module):
+            raise TypeError(f"task {type(task).__name__} has no nn.Module in task.model")
+        if not isinstance(data, ResumableIterable):
+            raise TypeError(f"the data source ({type(data).__name__}) needs __iter__, state_dict and load_state_dict")
+        self.config, self.task, self.data = config, task, data
+        self.checkpoint_dir = Path(output_dir) / "checkpoints"
+        self.metrics_log = Path(output_dir) / METRICS_LOG
+        self.log_metrics = log_metrics
+        self.device = resolve_device(config.device)
+        self.step = 0
+        self.total_steps = 0
+        self.samples = 0
+        self.flops = 0.0
+        self.nonfinite_total = 0
+        self.nonfinite_consecutive = 0
+        self.resumed_from: Path | None = None
+        self.last_checkpoint: Path | None = None
+        self._pending: Any = None
+
+    # -- set-up ------------------------------------------------------------------------
+    @property
+    def _bf16(self) -> bool:
+        return self.config.precision == "bf16" or (self.config.precision == "auto" and self.device.type == "cuda")
+
+    @property
+    def _fsdp(self) -> bool:
+        return self.config.parallel == "fsdp" and is_initialized()
+
+    def _state_dict_options(self, **kwargs: Any) -> StateDictOptions:
+        # Under FSDP the full (unsharded) state is gathered; otherwise every rank holds it already.
+        return StateDictOptions(full_state_dict=self._fsdp, **kwargs)
+
+    def _setup(self) -> None:
+        cfg = self.config
+        self.task.model.to(self.device)
+        if cfg.activation_checkpointing:
+            self.task.set_activation_checkpointing(True)
+        self.module = parallelize(_TrainingStep(self.task), cfg.parallel, self.device, self.task.fsdp_units(),
+                                  find_unused_parameters=cfg.find_unused_parameters)
+        self.optimizer = self.task.configure_optimizer(cfg.optimizer)
+        self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        use_compile = self.device.type == "cuda" if cfg.compile is None else cfg.compile
+        self.step_fn = torch.compile(self.module) if use_compile else self.module
+
+    def _resume_source(self) -> Path | None:
+        resume = self.config.resume
+        if resume == "never":
+            existing = ckpt.latest_checkpoint(self.checkpoint_dir)
+            if existing is not None:
+                raise FileExistsError(f"resume is 'never' but {existing} exists: delete {self.checkpoint_dir} "
+                                      "or set resume: auto")
+            return None
+        if resume == "auto":
+            return ckpt.latest_checkpoint(self.checkpoint_dir)
+        path = Path(resume)
+        ckpt.checkpoint_step(path)  # a clear error for a path that is not a checkpoint folder
+        return path
+
+    def _restore(self, path: Path) -> dict[str, Any]:
+        """Load weights, optimiser, task state, counters and data position; returns the state."""
+        state = ckpt.load_checkpoint(path)
+        trainer_state = state["trainer_state"]
+        if trainer_state["world_size"] != world_size():
+            raise ValueError(f"checkpoint {path} was written by {trainer_state['world_size']} ranks; "
+                             f"resume it with the same world size, not {world_size()}")
+        model_state = {_MODEL_PREFIX + key: value for key, value in state["model"].items()}
+        set_model_state_dict(self.module, model_state, options=self._state_dict_options())
+        set_optimizer_state_dict(self.module, self.optimizer, state["optimizer"], options=self._state_dict_options())
+        self.task.load_state_dict(state["task_state"])
+        self.data.load_state_dict(trainer_state["data"][rank()])
+        self.step = trainer_state["step"]
+        self.samples = trainer_state["samples"]
+        self.flops = trainer_state["flops"]
+        self.nonfinite_total = trainer_state["nonfinite_total"]
+        self.nonfinite_consecutive = trainer_state["nonfinite_consecutive"]
+        self.resumed_from = path
+        log.info("resumed from %s at step %d", path, self.step)
+        return state
+
+    def _resolve_total_steps(self, restored: dict[str, Any] | None) -> int:
+        first = self._pending
+        samples_per_step = batch_size(first) * self.config.accumulation_steps * world_size()
+        micro_flops = self.task.flops_per_step(first)
+        step_flops = None if micro_flops is None else micro_flops * self.config.accumulation_steps * world_size()
+        budget = self.config.budget.model_dump()
+        if restored is not None and restored["trainer_state"]["budget"] == budget:
+            return restored["trainer_state"]["total_steps"]  # as planned, even if batch shapes vary
+        total = total_steps_for(self.config.budget, samples_per_step, step_flops)
+        if restored is not None:
+            log.warning("budget changed since %s: now %d steps in total", restored["path"], total)
+        return total
+
+    # -- data --------------------------------------------------------------------------
+    def _next_batch(self) -> Any:
+        if self._pending is not None:
+            batch, self._pending = self._pending, None
+            return batch
+        try:
+            batch = next(self._iterator)
+        except StopIteration:  # one epoch done: the source starts the next one
+            self._iterator = iter(self.data)
+            try:
+                batch = next(self._iterator)
+            except StopIteration:
+                raise RuntimeError(f"the data source ({type(self.data).__name__}) yielded no batch "
+                                   f"at step {self.step}") from None
+        return to_device(batch, self.device)
+
+    # -- one step ------------------------------------------------------------------------
+    def _gradient_sync(self, enabled: bool) -> contextlib.AbstractContextManager:
+        if self._fsdp:
+            self.module.set_requires_gradient_sync(enabled)
+        elif not enabled and isinstance(self.module, nn.parallel.DistributedDataParallel):
+            return self.module.no_sync()
+        return contextlib.nullcontext()
+
+    def _train_step(self) -> tuple[dict[str, Tensor], Tensor, bool, int, float]:
+        """One optimiser step; returns (terms, grad norm, applied, samples, FLOPs)."""
+        cfg, step = self.config, self.step
+        lr = learning_rate(cfg.optimizer.schedule, step, self.total_steps, cfg.optimizer.lr,
+                           cfg.optimizer.min_lr, cfg.optimizer.warmup_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        accumulation = cfg.accumulation_steps
+        terms: dict[str, Tensor] = {}
+        losses, samples, flops = [], 0, 0.0
+        for micro in range(accumulation):
+            batch = self._next_batch()
+            samples += batch_size(batch)
+            micro_flops = self.task.flops_per_step(batch)
+            flops += micro_flops or 0.0
+            with self._gradient_sync(micro == accumulation - 1):
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._bf16):
+                    loss, step_terms = self.step_fn(batch, step)
+                if loss.ndim != 0:
+                    raise ValueError(f"training_step must return a scalar loss; got shape {tuple(loss.shape)}")
+                (loss / accumulation).backward()
+            losses.append(loss.detach().float())
+            for name, value in {"loss": loss, **step_terms}.items():
+                value = torch.as_tensor(value, device=self.device).detach().float()
+                terms[name] = terms.get(name, 0.0) + value / accumulation
+        grads = [p.grad for p in self.params if p.grad is not None]
+        norm = (torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False) if grads
+                else torch.zeros((), device=self.device))
+        full_norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+        nonfinite = ~torch.isfinite(full_norm) | ~torch.isfinite(torch.stack(losses)).all()
+        applied = not any_rank(nonfinite)
+        if applied:
+            if cfg.optimizer.grad_clip is not None:
+                torch.nn.utils.clip_grads_with_norm_(self.params, cfg.optimizer.grad_clip, norm)
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if applied:
+            self.task.after_optimizer_step(step, self.total_steps)
+        self._lr = lr
+        return terms, full_norm.detach(), applied, samples * world_size(), flops * world_size()
+
+    def _count_nonfinite(self, applied: bool, terms: dict[str, Tensor], norm: Tensor) -> None:
+        if applied:
+            self.nonfinite_consecutive = 0
+            return
+        self.nonfinite_total += 1
+        self.nonfinite_consecutive += 1
+        message = (f"step {self.step}: non-finite loss {terms['loss'].item():.4g} or grad norm {norm.item():.4g}; "
+                   f"optimizer step skipped ({self.nonfinite_consecutive} in a row, {self.nonfinite_total} in total)")
+        if self.nonfinite_consecutive >= self.config.max_consecutive_nonfinite:
+            last = ckpt.latest_checkpoint(self.checkpoint_dir)
+            raise RuntimeError(f"{message}; stopping after max_consecutive_nonfinite="
+                               f"{self.config.max_consecutive_nonfinite}. Last good checkpoint: {last}")
+        log.warning(message)
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def _save_checkpoint(self) -> Path:
+        """Collect every rank's state and write it from rank 0 (all ranks must call this)."""
+        options = self._state_dict_options(cpu_offload=True)
+        model_state = get_model_state_dict(self.module, options=options)
+        optimizer_state = get_optimizer_state_dict(self.module, self.optimizer, options=options)
+        data_states = gather_to_main(self.data.state_dict())
+        rng_states = gather_to_main(ckpt.rng_state())
+        path = self.checkpoint_dir / ckpt.checkpoint_name(self.step)
+        if is_main_process():
+            model_state = {key.removeprefix(_MODEL_PREFIX): value for key, value in model_state.items()}
+            trainer_state = {
+                "total_steps": self.total_steps,
+                "budget": self.config.budget.model_dump(),
+                "samples": self.samples,
+                "flops": self.flops,
+                "nonfinite_total": self.nonfinite_total,
+                "nonfinite_consecutive": self.nonfinite_consecutive,
+                "world_size": world_size(),
+                "data": data_states,
+            }
+            ckpt.save_checkpoint(self.checkpoint_dir, self.step, model=model_state,
+                                 task_state=self.task.state_dict(), optimizer=optimizer_state,
+                                 trainer_state=trainer_state, rng=rng_states)
+            for old in ckpt.prune_checkpoints(self.checkpoint_dir, self.config.keep_last):
+                log.info("deleted old checkpoint %s", old)
+            log.info("saved checkpoint %s", path)
+        barrier()
+        self.last_checkpoint = path
+        return path
+
+    # -- logging -------------------------------------------------------------------------
+    def _emit(self, window: dict[str, Any], bar: tqdm) -> None:
+        """Average the window's terms over steps and ranks and hand them to the logger (rank 0)."""
+        names = sorted(window["terms"])
+        values = all_reduce_mean(torch.stack([window["terms"][name] / window["steps"] for name in names]))
+        elapsed = max(time.perf_counter() - window["start"], 1e-9)
+        metrics = dict(zip(names, values.tolist(), strict=True))
+        clashes = sorted(set(metrics) & set(_TRAINER_METRICS))
+        if clashes:
+            raise ValueError(f"task terms {clashes} clash with the trainer's own metric names")
+        metrics["lr"] = self._lr
+        metrics["grad_norm"] = (window["norm"] / window["applied"]).item() if window["applied"] else float("nan")
+        metrics["samples_per_s"] = window["samples"] / elapsed
+        metrics["samples"] = float(self.samples)
+        metrics["nonfinite_steps"] = float(self.nonfinite_total)
+        if window["flops"]:
+            metrics["flops"] = self.flops
+            metrics["flop_per_s"] = window["flops"] / elapsed
+        if not is_main_process():
+            return
+        with self.metrics_log.open("a") as log_file:
+            log_file.write(json.dumps({"step": self.step, **metrics}) + "\n")
+        if self.log_metrics is not None:
+            self.log_metrics(metrics, self.step)
+        if bar.disable:
+            rate = (self.step - self._start_step) / max(time.perf_counter() - self._start_time, 1e-9)
+            eta = datetime.timedelta(seconds=round((self.total_steps - self.step) / rate))
+            log.info("step %d/%d | loss %.4g | lr %.3g | grad norm %.3g | %.1f samples/s | eta %s",
+                     self.step, self.total_steps, metrics["loss"], metrics["lr"], metrics["grad_norm"],
+                     metrics["samples_per_s"], eta)
+        else:
+            bar.set_postfix(loss=f"{metrics['loss']:.4g}", lr=f"{metrics['lr']:.3g}")
+
+    @staticmethod
+    def _new_window() -> dict[str, Any]:
+        return {"terms": {}, "steps": 0, "norm": 0.0, "applied": 0, "samples": 0, "flops": 0.0,
+                "start": time.perf_counter()}
+
+    def _rewind_metrics_log(self) -> None:
+        """Keep the records up to the current step: a killed run may have logged past its last
+        checkpoint (and may have left a half-written last line); a fresh run starts empty."""
+        kept = []
+        if self.step > 0 and self.metrics_log.is_file():
+            for line in self.metrics_log.read_text().splitlines():
+                with contextlib.suppress(json.JSONDecodeError):
+                    record = json.loads(line)
+                    if record["step"] <= self.step:
+                        kept.append(line + "\n")
+        self.metrics_log.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.metrics_log) as tmp:
+            tmp.write_text("".join(kept))
+
+    # -- the loop --------------------------------------------------------------------------
+    def fit(self) -> Path:
+        """Train until the budget is spent; returns the final checkpoint folder."""
+        before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+        if self.device.type == "cpu":
+            torch.use_deterministic_algorithms(True, warn_only=True)  # bit-identical resume on CPU
+        try:
+            return self._fit()
+        finally:
+            torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+    def _fit(self) -> Path:
+        if is_main_process():
+            for partial in ckpt.remove_partial_checkpoints(self.checkpoint_dir):
+                log.warning("removed %s, left by a save that was interrupted", partial)
+        self._setup()
+        source = self._resume_source()  # every rank reads the (shared) checkpoint folder itself
+        restored = self._restore(source) if source is not None else None
+        if restored is None:
+            seed_all(self.config.seed + rank())
+        self._iterator = iter(self.data)
+        self._pending = self._next_batch()  # peeked for the budget, trained on in the first step
+        self.total_steps = self._resolve_total_steps(restored)
+        if self.config.optimizer.warmup_steps >= self.total_steps:
+            raise ValueError(f"optimizer.warmup_steps ({self.config.optimizer.warmup_steps}) must be below the "
+                             f"total steps ({self.total_steps}) that the budget {self.config.budget} gives")
+        if restored is not None:
+            # Restored last: iter() and the first batch above may draw from the global generators.
+            ckpt.set_rng_state(restored["rng"][rank()])
+        if is_main_process():
+            self._rewind_metrics_log()
+        self.task.model.train()
+        log.info("training %d steps from step %d on %d rank(s), device %s", self.total_steps, self.step,
+                 world_size(), self.device)
+        show_bar = is_main_process() and sys.stderr.isatty()
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not show_bar, dynamic_ncols=True)
+        self._start_time, self._start_step = time.perf_counter(), self.step
+        window = self._new_window()
+        with bar:
+            while self.step < self.total_steps:
+                terms, norm, applied, samples, flops = self._train_step()
+                self._count_nonfinite(applied, terms, norm)
+                self.step += 1
+                self.samples += samples
+                self.flops += flops
+                for name, value in terms.items():
+                    window["terms"][name] = window["terms"].get(name, 0.0) + value
+                window["steps"] += 1
+                window["samples"] += samples
+                window["flops"] += flops
+                if applied:
+                    window["norm"] += norm
+                    window["applied"] += 1
+                bar.update(1)
+                if self.step % self.config.log_every == 0 or self.step == self.total_steps:
+                    self._emit(window, bar)
+                    window = self._new_window()
+                if self.step % self.config.checkpoint_every == 0 or self.step == self.total_steps:
+                    self._save_checkpoint()
+                    window["start"] = time.perf_counter()  # saving time is not training throughput
+        if self.last_checkpoint is None:  # resumed from the final checkpoint: nothing left to do
+            self.last_checkpoint = source
+        return self.last_checkpoint
+
+
+def write_result(output_dir: str | Path, trainer: Trainer) -> Path:
+    """``output_dir/result.json`` naming the final checkpoint, written atomically."""
+    path = Path(output_dir) / RESULT_FILE
+    result = {"checkpoint": str(trainer.last_checkpoint), "step": trainer.step, "total_steps": trainer.total_steps,
+              "samples": trainer.samples, "flops": trainer.flops, "nonfinite_steps": trainer.nonfinite_total,
+              "resumed_from": None if trainer.resumed_from is None else str(trainer.resumed_from),
+              "world_size": world_size()}
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+    return path

@@ -1,0 +1,124 @@
+"""Checkpoint folders: tensors with ties, RNG states, atomic writes, keep_last, incomplete folders."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from tests.vtp.test_train_trainer import fit, trainer_config
+from vtp_kedro.vtp.train import checkpoint as ckpt
+
+
+def parts(step: int = 3) -> dict:
+    return {"model": {"w": torch.full((2, 2), float(step))}, "task_state": {"center": torch.zeros(3)},
+            "optimizer": {"state": {}, "param_groups": []}, "trainer_state": {"data": [{"index": step}]},
+            "rng": [ckpt.rng_state()]}
+
+
+def test_tied_and_overlapping_tensors_round_trip(tmp_path):
+    embedding = nn.Embedding(5, 3)
+    base = torch.arange(12.0)
+    tensors = {"embed.weight": embedding.weight, "head.weight": embedding.weight,  # tied
+               "first": base[:6], "second": base[6:].view(2, 3),  # views of one storage
+               "empty_a": torch.zeros(0), "empty_b": torch.zeros(0), "step": torch.tensor(7)}
+    path = tmp_path / "t.safetensors"
+    ckpt.save_tensors(tensors, path)
+    loaded = ckpt.load_tensors(path)
+    assert loaded.keys() == tensors.keys()
+    for name, tensor in tensors.items():
+        assert torch.equal(loaded[name], tensor.detach()), name
+    assert loaded["head.weight"] is loaded["embed.weight"]  # restored as a tie
+    with pytest.raises(TypeError, match="value of 'lr' is a float"):
+        ckpt.save_tensors({"lr": 0.1}, tmp_path / "bad.safetensors")
+
+
+def test_rng_state_round_trip():
+    state = ckpt.rng_state()
+    drawn = (random.random(), np.random.rand(), torch.rand(3))
+    random.random(), np.random.rand(), torch.rand(3)
+    ckpt.set_rng_state(state)
+    again = (random.random(), np.random.rand(), torch.rand(3))
+    assert drawn[0] == again[0] and drawn[1] == again[1] and torch.equal(drawn[2], again[2])
+
+
+def test_save_and_load_a_checkpoint(tmp_path):
+    path = ckpt.save_checkpoint(tmp_path, 3, **parts())
+    assert path == tmp_path / "step_00000003"
+    assert sorted(p.name for p in path.iterdir()) == sorted(ckpt._FILES)
+    state = ckpt.load_checkpoint(path)
+    assert state["step"] == 3 and state["trainer_state"]["data"] == [{"index": 3}]
+    assert torch.equal(state["model"]["w"], torch.full((2, 2), 3.0))
+    with pytest.raises(TypeError, match="step 4 is not JSON-serialisable"):
+        ckpt.save_checkpoint(tmp_path, 4, **{**parts(), "trainer_state": {"data": [{"g": torch.zeros(1)}]}})
+    assert ckpt.latest_checkpoint(tmp_path) == path  # the failed save left nothing behind
+    assert [p.name for p in tmp_path.iterdir()] == ["step_00000003"]
+
+
+def test_files_written_into_a_given_folder_load_back(tmp_path):
+    folder = tmp_path / "exported"
+    folder.mkdir()
+    ckpt.write_checkpoint_files(folder, 8, **parts(8))
+    state = ckpt.load_checkpoint(folder)
+    assert state["step"] == 8 and torch.equal(state["model"]["w"], torch.full((2, 2), 8.0))
+
+
+def test_interrupted_save_is_invisible_and_cleaned_up(tmp_path, monkeypatch):
+    ckpt.save_checkpoint(tmp_path, 2, **parts(2))
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed while saving")
+
+    monkeypatch.setattr(torch, "save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save_checkpoint(tmp_path, 4, **parts(4))
+    assert ckpt.latest_checkpoint(tmp_path).name == "step_00000002"
+    # SIGKILL gives no chance to clean up: a temporary folder stays until the next run starts.
+    leftover = tmp_path / ".step_00000006.abc123.tmp"
+    (leftover / "model.safetensors").parent.mkdir()
+    assert ckpt.latest_checkpoint(tmp_path).name == "step_00000002"
+    assert ckpt.remove_partial_checkpoints(tmp_path) == [leftover]
+    assert not leftover.exists()
+
+
+def test_incomplete_or_misnamed_folders_are_refused(tmp_path):
+    path = ckpt.save_checkpoint(tmp_path, 5, **parts())
+    (path / ckpt.OPTIMIZER_FILE).unlink()
+    with pytest.raises(FileNotFoundError, match="step_00000005 is incomplete: optimizer.pt is missing"):
+        ckpt.load_checkpoint(path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        ckpt.load_checkpoint(tmp_path / "step_00000009")
+    with pytest.raises(ValueError, match="not a checkpoint folder"):
+        ckpt.checkpoint_step(tmp_path / "final")
+    (tmp_path / "step_00000010").mkdir()  # no trainer_state.json: not complete
+    assert ckpt.latest_checkpoint(tmp_path).name == "step_00000005"
+    assert ckpt.latest_checkpoint(tmp_path / "missing") is None
+
+
+def test_prune_keeps_the_newest(tmp_path):
+    for step in (1, 2, 10, 3):
+        ckpt.save_checkpoint(tmp_path, step, **parts(step))
+    deleted = ckpt.prune_checkpoints(tmp_path, keep_last=2)
+    assert [p.name for p in deleted] == ["step_00000001", "step_00000002"]
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step_00000003", "step_00000010"]
+    with pytest.raises(ValueError, match="keep_last"):
+        ckpt.prune_checkpoints(tmp_path, 0)
+
+
+def test_trainer_saves_every_n_steps_keeps_last_k_and_cleans_partials(tmp_path):
+    leftover = tmp_path / "checkpoints" / ".step_00000002.dead.tmp"
+    leftover.mkdir(parents=True)
+    trainer = fit(tmp_path, trainer_config(budget={"unit": "steps", "value": 7}, checkpoint_every=2, keep_last=2))
+    assert not leftover.exists()
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "checkpoints")] == ["step_00000006", "step_00000007"]
+    state = ckpt.load_checkpoint(trainer.last_checkpoint)
+    model = trainer.task.model.state_dict()
+    assert state["model"].keys() == model.keys()
+    assert all(torch.equal(state["model"][k], model[k]) for k in model)
+    assert state["task_state"].keys() == trainer.task.state_dict().keys()
+    assert set(state["optimizer"]["state"]) == {f"model.{n}" for n, _ in trainer.task.model.named_parameters()}
+    assert state["trainer_state"]["data"] == [{"index": 7}] and state["trainer_state"]["samples"] == 56
+    assert len(state["rng"]) == 1 and {"python", "numpy", "torch"} <= state["rng"][0].keys()
