@@ -60,3 +60,15 @@ def kedro(project: Path, *args: str, check: bool = True) -> subprocess.Completed
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     return copy_project(tmp_path / "project")
+
+
+@pytest.fixture(scope="session")
+def filtered_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A git-committed copy of the project after data_generation and data_filtering (--env ci)."""
+    project = copy_project(tmp_path_factory.mktemp("run") / "project")
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=project, check=True)
+    subprocess.run(["git", "commit", "-qm", "init"], cwd=project, check=True, env=project_env())
+    kedro(project, "run", "--env", "ci", "--pipeline", "data_generation")
+    kedro(project, "run", "--env", "ci", "--pipeline", "data_filtering")
+    return project

@@ -10,22 +10,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.pipelines.conftest import kedro, project_env
+from tests.pipelines.conftest import kedro
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def filtered_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.pipelines.conftest import copy_project
-
-    project = copy_project(tmp_path_factory.mktemp("run") / "project")
-    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
-    subprocess.run(["git", "add", "-A"], cwd=project, check=True)
-    subprocess.run(["git", "commit", "-qm", "init"], cwd=project, check=True, env=project_env())
-    kedro(project, "run", "--env", "ci", "--pipeline", "data_generation")
-    kedro(project, "run", "--env", "ci", "--pipeline", "data_filtering")
-    return project
 
 
 def test_generation_writes_shards_and_labelled_folder(filtered_project: Path) -> None:

@@ -36,10 +36,12 @@ class LogitScale(nn.Module):
         if not 0 < init <= max_scale:
             raise ValueError(f"logit scale init ({init}) must be in (0, max_scale={max_scale}]")
         self.max_log = math.log(max_scale)
-        self.log_scale = nn.Parameter(torch.tensor(math.log(init)))
+        # Shape (1,), not a scalar: FSDP's fully_shard cannot shard 0-d parameters.
+        self.log_scale = nn.Parameter(torch.full((1,), math.log(init)))
 
     def forward(self) -> Tensor:
-        return self.log_scale.clamp(max=self.max_log).exp()
+        """The scale, a 0-d tensor."""
+        return self.log_scale.clamp(max=self.max_log).exp().squeeze(0)
 
 
 class DINOHead(nn.Module):

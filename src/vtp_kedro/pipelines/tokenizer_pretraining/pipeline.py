@@ -1,0 +1,22 @@
+from kedro.pipeline import Pipeline, node, pipeline
+
+from vtp_kedro.pipelines.tokenizer_pretraining.nodes import plot_training_curves, pretrain_tokenizer
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return pipeline(
+        [
+            node(
+                pretrain_tokenizer,
+                inputs=["filtered_shards", "params:tokenizer_pretraining"],
+                outputs="tokenizer_checkpoint",
+                name="pretrain_tokenizer",
+            ),
+            node(
+                plot_training_curves,
+                inputs="tokenizer_checkpoint",
+                outputs="tokenizer_training_curves",
+                name="plot_training_curves",
+            ),
+        ]
+    )

@@ -1,0 +1,46 @@
+"""Training curves: the trainer's metrics log (``metrics.jsonl``) read back and plotted."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from vtp_kedro.vtp.train.trainer import METRICS_LOG
+# Panels of the figure: losses, then the SSL health signals that show a collapse
+# (teacher entropy falling to 0 or pinned at log K; KoLeo blowing up), then optimisation.
+PANELS = (
+    ("losses", ("loss", "rec", "l1", "lpips", "clip", "ssl", "dino", "ibot")),
+    ("SSL health", ("teacher_cls_entropy", "teacher_patch_entropy", "koleo")),
+    ("optimisation", ("lr", "grad_norm", "logit_scale")),
+)
+
+
+def read_metrics_log(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The records of ``run_dir/metrics.jsonl`` (one per logging step), oldest first."""
+    path = Path(run_dir) / METRICS_LOG
+    if not path.is_file():
+        raise FileNotFoundError(f"no metrics log {path}: has the training run in {run_dir} logged any step?")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_curves(records: list[dict[str, Any]], title: str) -> Figure:
+    """One panel per group of ``PANELS``, each present metric against the step (log-scale y where positive)."""
+    figure = Figure(figsize=(5 * len(PANELS), 4), layout="constrained")
+    figure.suptitle(title)
+    steps = [record["step"] for record in records]
+    for ax, (panel, names) in zip(figure.subplots(1, len(PANELS)), PANELS, strict=True):
+        plotted = [name for name in names if any(name in record for record in records)]
+        for name in plotted:
+            values = [record.get(name, math.nan) for record in records]
+            ax.plot(steps, values, label=name)
+        if plotted and all(r.get(n, 1) > 0 for r in records for n in plotted if not math.isnan(r.get(n, 1))):
+            ax.set_yscale("log")
+        ax.set_title(panel)
+        ax.set_xlabel("step")
+        if plotted:
+            ax.legend(fontsize="small")
+    return figure

@@ -1,0 +1,63 @@
+"""`kedro run --pipeline tokenizer_pretraining --env ci` on a copy of the project with filtered data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from tests.pipelines.conftest import kedro
+from vtp_kedro.datasets import CheckpointDataset
+from vtp_kedro.vtp.models.vtp import VTPConfig, VTPModel
+
+pytestmark = pytest.mark.slow
+TERMS = ("loss", "rec", "l1", "lpips", "clip", "ssl", "dino", "ibot", "koleo", "teacher_cls_entropy",
+         "lr", "grad_norm", "samples_per_s", "flops")
+
+
+@pytest.fixture(scope="module")
+def pretrained(filtered_project: Path) -> Path:
+    kedro(filtered_project, "run", "--env", "ci", "--pipeline", "tokenizer_pretraining")
+    return filtered_project
+
+
+def test_checkpoint_loads_into_the_model(pretrained: Path) -> None:
+    checkpoint = CheckpointDataset(str(pretrained / "data/06_models/tokenizer")).load()
+    assert checkpoint["step"] == 6
+    config = VTPConfig.model_validate(checkpoint["config"]["task"]["model"])
+    model = VTPModel(config)
+    model.load_state_dict(checkpoint["model"])
+    latent = model.tokenizer.encode(torch.zeros(2, 3, 32, 32))
+    assert latent.shape == (2, config.tokenizer.latent_dim, 8, 8)
+    assert [r["step"] for r in checkpoint["metrics"]] == [2, 4, 6]
+    png = pretrained / "data/08_reporting/tokenizer_pretraining/training_curves.png"
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_mlflow_run_has_every_term(pretrained: Path) -> None:
+    client = MlflowClient(tracking_uri=f"sqlite:///{pretrained / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("vtp-kedro")
+    (run,) = client.search_runs([experiment.experiment_id], "tags.kedro_pipeline = 'tokenizer_pretraining'")
+    for term in TERMS:
+        history = client.get_metric_history(run.info.run_id, f"train/{term}")
+        assert [m.step for m in history] == [2, 4, 6], term
+    assert run.data.params["tokenizer_pretraining.model.reconstruction.perceptual_backbone"] == "random"
+    assert "tokenizer_pretraining/training_curves.png" in {
+        a.path for a in client.list_artifacts(run.info.run_id, "tokenizer_pretraining")
+    }
+
+
+def test_rerun_resumes_and_a_new_config_starts_a_new_run(pretrained: Path) -> None:
+    runs = pretrained / "data/06_models/tokenizer_pretraining_runs"
+    (first,) = runs.iterdir()
+    before = CheckpointDataset(str(pretrained / "data/06_models/tokenizer")).load()["model"]
+    kedro(pretrained, "run", "--env", "ci", "--pipeline", "tokenizer_pretraining")
+    assert list(runs.iterdir()) == [first]
+    after = CheckpointDataset(str(pretrained / "data/06_models/tokenizer")).load()["model"]
+    assert all(torch.equal(before[name], after[name]) for name in before)
+
+    kedro(pretrained, "run", "--env", "ci", "--pipeline", "tokenizer_pretraining",
+          "--params", "tokenizer_pretraining.trainer.optimizer.lr=0.002")
+    assert len(list(runs.iterdir())) == 2

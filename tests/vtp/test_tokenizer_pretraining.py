@@ -1,0 +1,117 @@
+"""The VTP task under the trainer: a real run on embedded shards, and 2 gloo ranks = 1 process."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from vtp_kedro.vtp.data.synthetic import SyntheticConfig, write_captioned_shards
+from vtp_kedro.vtp.train import checkpoint as ckpt
+from vtp_kedro.vtp.train.distributed import rank, world_size
+from vtp_kedro.vtp.train.launcher import LauncherConfig, launch
+from vtp_kedro.vtp.train.tokenizer_pretraining import TASK_FACTORY, VTPTask
+from vtp_kedro.vtp.models.vtp import VTPConfig, VTPModel
+from tests.vtp.test_vtp_model import embedded_batch
+
+REPO = Path(__file__).resolve().parents[2]
+MODEL = {
+    "tokenizer": {"encoder": {"width": 64, "depth": 1, "heads": 1, "patch_size": 4, "image_size": 32},
+                  "latent_dim": 16, "decoder_width": 64, "decoder_depth": 1, "decoder_heads": 1},
+    "text": {"width": 64, "heads": 1, "layers": 1, "context_length": 32},
+    "embed_dim": 64,
+    "reconstruction": {"perceptual_backbone": "random"},
+    "dino_head": {"prototypes": 128, "hidden_dim": 128, "bottleneck_dim": 32},
+    "ssl": {"out_dim": 128, "teacher_temperature_warmup_steps": 2},
+    "multicrop": {"global_size": 32, "local_size": 16, "local_crops": 2},
+    "ssl_fraction": 0.5,
+    "rec_fraction": 0.5,
+}
+TRAINER = {"budget": {"unit": "steps", "value": 4}, "optimizer": {"lr": 1e-3, "warmup_steps": 1},
+           "log_every": 1, "checkpoint_every": 2, "device": "cpu"}
+
+
+def write_config(path: Path, task: dict[str, Any], factory: str = TASK_FACTORY, **trainer: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"trainer": {**TRAINER, **trainer}, "task_factory": factory, "task": task}))
+    return path
+
+
+def test_vtp_trains_from_embedded_shards_and_checkpoints_reload(tmp_path: Path) -> None:
+    write_captioned_shards(tmp_path / "shards", SyntheticConfig(), count=64, samples_per_shard=16)
+    task = {"model": MODEL, "data": {"shards": str(tmp_path / "shards"), "image_size": 32, "batch_size": 8,
+                                     "num_workers": 0, "context_length": 32}}
+    final = launch(write_config(tmp_path / "config.json", task), tmp_path / "run", LauncherConfig())
+    checkpoint = ckpt.load_checkpoint(final)
+    assert checkpoint["step"] == 4
+    model = VTPModel(VTPConfig.model_validate(MODEL))
+    model.load_state_dict(checkpoint["model"])  # strict: the checkpoint is complete
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert {"rec", "l1", "lpips", "clip", "ssl", "dino", "ibot", "koleo", "teacher_cls_entropy", "flops"} <= records[-1].keys()
+
+
+def test_task_flops_and_teacher_update() -> None:
+    torch.manual_seed(0)
+    model = VTPModel(VTPConfig.model_validate({**MODEL, "text": {**MODEL["text"], "context_length": 77}}))
+    task = VTPTask(model, image_size=32)
+    batch = embedded_batch(8)
+    assert task.flops_per_step(batch) > 0
+    before = model.teacher.encoder.cls_token.clone()
+    with torch.no_grad():
+        model.tokenizer.encoder.cls_token.add_(1.0)
+    task.after_optimizer_step(0, 10)
+    assert not torch.equal(model.teacher.encoder.cls_token, before)
+
+
+class FixedBatches:
+    """The same global batch of 8 embedded pairs every step; each rank takes its half."""
+
+    def __init__(self) -> None:
+        batch = embedded_batch(8)
+        local = 8 // world_size()
+        rows = slice(rank() * local, (rank() + 1) * local)
+        self.batch = {"images": batch["images"][rows], "tokens": batch["tokens"][rows, :32]}
+        self.index = 0
+
+    def __iter__(self):
+        while True:
+            self.index += 1
+            yield self.batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"index": self.index}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.index = state["index"]
+
+
+def make_clip_ae_on_fixed_batches(raw: dict[str, Any]) -> tuple[VTPTask, FixedBatches]:
+    """clip_ae with every image reconstructed: no per-rank sub-batch draw, so 2 ranks x 4 = 1 x 8."""
+    config = VTPConfig.model_validate({**MODEL, "objective": "clip_ae", "rec_fraction": 1.0})
+    return VTPTask(VTPModel(config, rank=rank()), image_size=32), FixedBatches()
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_match_one_process_through_gathered_clip(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), str(REPO / "src"), os.environ.get("PYTHONPATH", "")]))
+    factory = "tests.vtp.test_tokenizer_pretraining:make_clip_ae_on_fixed_batches"
+    single = launch(write_config(tmp_path / "one.json", {}, factory), tmp_path / "one", LauncherConfig())
+    two = launch(write_config(tmp_path / "two.json", {}, factory), tmp_path / "two",
+                 LauncherConfig(kind="torchrun", nproc_per_node=2))
+    expected, actual = ckpt.load_checkpoint(single)["model"], ckpt.load_checkpoint(two)["model"]
+    del expected["_extra_state"], actual["_extra_state"]  # each rank's own sub-batch generator
+    # Softmax ignores the text attention's key bias, so its gradient is rounding noise that
+    # Adam scales up to +-lr: compare it loosely, everything else tightly.
+    key_bias = "text.transformer.transformer.resblocks.0.attn.in_proj_bias"
+    torch.testing.assert_close(actual[key_bias], expected[key_bias], rtol=0, atol=4 * TRAINER["optimizer"]["lr"])
+    for name in expected.keys() - {key_bias}:
+        torch.testing.assert_close(actual[name], expected[name], rtol=1e-4, atol=1e-5, msg=name)
+    # The CLIP loss of the 2-rank run is over the gathered global batch of 8, as in one process.
+    one_log = [json.loads(l) for l in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    two_log = [json.loads(l) for l in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert two_log[0]["clip"] == pytest.approx(one_log[0]["clip"], rel=1e-4)
