@@ -97,11 +97,12 @@ def make_clip_ae_on_fixed_batches(raw: dict[str, Any]) -> tuple[VTPTask, FixedBa
 
 
 @pytest.mark.slow
-def test_two_gloo_ranks_match_one_process_through_gathered_clip(tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_gloo_ranks_match_one_process_through_gathered_clip(tmp_path: Path, monkeypatch, parallel: str) -> None:
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), str(REPO / "src"), os.environ.get("PYTHONPATH", "")]))
     factory = "tests.vtp.test_tokenizer_pretraining:make_clip_ae_on_fixed_batches"
     single = launch(write_config(tmp_path / "one.json", {}, factory), tmp_path / "one", LauncherConfig())
-    two = launch(write_config(tmp_path / "two.json", {}, factory), tmp_path / "two",
+    two = launch(write_config(tmp_path / "two.json", {}, factory, parallel=parallel), tmp_path / "two",
                  LauncherConfig(kind="torchrun", nproc_per_node=2))
     expected, actual = ckpt.load_checkpoint(single)["model"], ckpt.load_checkpoint(two)["model"]
     del expected["_extra_state"], actual["_extra_state"]  # each rank's own sub-batch generator
@@ -115,3 +116,36 @@ def test_two_gloo_ranks_match_one_process_through_gathered_clip(tmp_path: Path, 
     one_log = [json.loads(l) for l in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
     two_log = [json.loads(l) for l in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert two_log[0]["clip"] == pytest.approx(one_log[0]["clip"], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_vtp_killed_and_resumed_ends_bit_identical(tmp_path: Path) -> None:
+    """A real training process killed with SIGKILL after its first checkpoint, then resumed."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    write_captioned_shards(tmp_path / "shards", SyntheticConfig(), count=128, samples_per_shard=16)
+    task = {"model": MODEL, "data": {"shards": str(tmp_path / "shards"), "image_size": 32, "batch_size": 8,
+                                     "num_workers": 2, "context_length": 32}}
+    trainer = {"budget": {"unit": "steps", "value": 16}, "checkpoint_every": 4, "log_every": 4}
+    reference = launch(write_config(tmp_path / "ref.json", task, **trainer), tmp_path / "ref", LauncherConfig())
+
+    config = write_config(tmp_path / "killed" / "config.json", task, **trainer)
+    process = subprocess.Popen([sys.executable, "-m", "vtp_kedro.vtp.train", "--config", str(config)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    first = tmp_path / "killed" / "checkpoints" / "step_00000004"
+    deadline = time.monotonic() + 300
+    while not first.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert first.exists() and not (tmp_path / "killed" / "checkpoints" / "step_00000016").exists()
+
+    resumed = launch(config, tmp_path / "killed", LauncherConfig())
+    result = json.loads((tmp_path / "killed" / "result.json").read_text())
+    assert result["resumed_from"] is not None and result["step"] == 16
+    expected, actual = ckpt.load_checkpoint(reference)["model"], ckpt.load_checkpoint(resumed)["model"]
+    assert expected.keys() == actual.keys()
+    assert all(torch.equal(expected[name], actual[name]) for name in expected)
