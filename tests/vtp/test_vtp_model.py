@@ -88,11 +88,11 @@ def test_sub_batches_are_reproducible_from_the_seed() -> None:
     for _ in range(2):
         torch.manual_seed(0)
         model = VTPModel(small_config("vtp", seed=3))
-        losses.append([float(model.training_step(batch, step)[0]) for step in range(2)])
+        losses.append([float(model.training_step(batch, step)[0].detach()) for step in range(2)])
     assert losses[0] == losses[1]
     torch.manual_seed(0)
     other = VTPModel(small_config("vtp", seed=4))
-    assert float(other.training_step(batch, 0)[0]) != losses[0][0]
+    assert float(other.training_step(batch, 0)[0].detach()) != losses[0][0]
 
 
 def test_state_dict_round_trip_keeps_sampler_and_drops_lpips() -> None:
