@@ -149,3 +149,22 @@ def test_vtp_killed_and_resumed_ends_bit_identical(tmp_path: Path) -> None:
     expected, actual = ckpt.load_checkpoint(reference)["model"], ckpt.load_checkpoint(resumed)["model"]
     assert expected.keys() == actual.keys()
     assert all(torch.equal(expected[name], actual[name]) for name in expected)
+
+
+def test_activation_checkpointing_keeps_the_gradients() -> None:
+    batch = embedded_batch(8)
+    batch["tokens"] = batch["tokens"][:, :32]
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        task = VTPTask(VTPModel(VTPConfig.model_validate(MODEL)), image_size=32)
+        task.set_activation_checkpointing(checkpointing)
+        wrapped = sum("checkpoint_wrapped_module" in name for name, _ in task.model.named_modules())
+        assert (wrapped > 0) == checkpointing
+        loss, _ = task.training_step(batch, 0)
+        loss.backward()
+        grads.append({name.replace("._checkpoint_wrapped_module", ""): p.grad
+                      for name, p in task.named_trainable_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], msg=name)
