@@ -28,7 +28,7 @@ def test_filtering_outputs_and_report(filtered_project: Path) -> None:
     counts = json.loads((report_dir / "filter_counts.json").read_text())
     assert counts["total"] == 256
     assert counts["kept"] + sum(counts["dropped"].values()) == counts["total"]
-    assert 0 < counts["kept"] <= 256
+    assert 0 < counts["kept"] < 256  # the embedded data carries planted web-data defects
 
     manifest = json.loads((report_dir / "shard_manifest.json").read_text())
     shard_dir = filtered_project / "data/03_primary/filtered_shards"

@@ -338,3 +338,19 @@ def test_report_round_trips_through_its_folder(tmp_path) -> None:
     assert not list(tmp_path.glob(".*.tmp"))
     with pytest.raises(FileNotFoundError, match="data_filtering"):
         read_filter_report(tmp_path / "elsewhere")
+
+
+def test_filtering_catches_every_defect_the_generator_plants(tmp_path) -> None:
+    """End to end: each planted web-data defect is dropped under the rule named after it."""
+    import collections
+    import json
+
+    from vtp_kedro.vtp.data.synthetic import DEFECTS, SyntheticConfig, iter_captioned_samples, write_captioned_shards
+
+    config = SyntheticConfig()
+    planted = collections.Counter(json.loads(s["json"]).get("defect") for s in iter_captioned_samples(config, 300, defect_fraction=0.3))
+    assert set(planted) - {None} == set(DEFECTS)
+    write_captioned_shards(tmp_path / "raw", config, count=300, samples_per_shard=50, defect_fraction=0.3)
+    report = filter_shards(str(tmp_path / "raw"), tmp_path / "out", FilterRules(near_dup_hamming=None), samples_per_shard=100)
+    assert {reason: n for reason, n in report.dropped.items() if n} == {d: planted[d] for d in DEFECTS}
+    assert report.kept == planted[None]

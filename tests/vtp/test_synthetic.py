@@ -211,3 +211,20 @@ def test_bad_counts_are_rejected_by_name(tmp_path):
     with pytest.raises(ValueError, match="count"):
         write_captioned_shards(tmp_path / "y", SyntheticConfig(), count=0, samples_per_shard=4)
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_defects_are_seeded_marked_and_leave_clean_samples_alone():
+    import json as json_
+
+    clean = list(iter_captioned_samples(SyntheticConfig(), 60))
+    spoilt = list(iter_captioned_samples(SyntheticConfig(), 60, defect_fraction=0.5))
+    assert spoilt == list(iter_captioned_samples(SyntheticConfig(), 60, defect_fraction=0.5))
+    marked = [json_.loads(s["json"]).get("defect") for s in spoilt]
+    assert 15 <= sum(d is not None for d in marked) <= 45
+    for before, after, defect in zip(clean, spoilt, marked):
+        if defect is None:
+            assert before == after
+        else:
+            assert before != after and before["__key__"] == after["__key__"]
+    with pytest.raises(ValueError, match="defect_fraction"):
+        list(iter_captioned_samples(SyntheticConfig(), 1, defect_fraction=1.5))

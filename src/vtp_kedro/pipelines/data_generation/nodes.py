@@ -18,6 +18,7 @@ from vtp_kedro.vtp.data.synthetic import (
 class CaptionedSplitParams(Config):
     count: int = Field(gt=0)
     samples_per_shard: int = Field(gt=0)
+    defect_fraction: float = Field(0.0, ge=0, le=1)  # share of samples spoilt as web data is (DEFECTS)
 
 
 class LabelledSplitParams(Config):
@@ -38,6 +39,7 @@ def generate_captioned_shards(params: DataGenerationParams) -> FolderWriter:
         config=params.generator,
         count=params.captioned.count,
         samples_per_shard=params.captioned.samples_per_shard,
+        defect_fraction=params.captioned.defect_fraction,
     )
 
 

@@ -441,22 +441,67 @@ def encode_jpeg(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def iter_captioned_samples(config: SyntheticConfig, count: int, split: str = "train") -> Iterator[dict]:
-    """WebDataset samples ``{"__key__", "jpg", "txt", "json"}`` for indices ``0 .. count-1``."""
+# Defects of web-crawled pairs that the captioned split can carry, each named after the
+# data_filtering rule (at its default settings) that must catch it.
+DEFECTS: tuple[str, ...] = (
+    "missing_caption", "invalid_caption", "empty_caption", "undecodable_image",
+    "too_small", "aspect_ratio", "exact_duplicate",
+)
+
+
+def _plant_defect(sample: dict, defect: str, image: Image.Image, previous_jpg: bytes) -> None:
+    """Spoil ``sample`` in place the way ``defect`` names."""
+    side = image.size[0]
+    if defect == "missing_caption":
+        del sample["txt"]
+    elif defect == "invalid_caption":
+        sample["txt"] = sample["txt"].encode("utf-16")  # a BOM and NUL bytes: not UTF-8
+    elif defect == "empty_caption":
+        sample["txt"] = " \n"
+    elif defect == "undecodable_image":
+        sample["jpg"] = sample["jpg"][: len(sample["jpg"]) // 2]  # a download cut short
+    elif defect == "too_small":
+        sample["jpg"] = encode_jpeg(image.resize((side // 2, side // 2), Image.LANCZOS))
+    elif defect == "aspect_ratio":
+        sample["jpg"] = encode_jpeg(image.resize((4 * side, side), Image.LANCZOS))
+    elif defect == "exact_duplicate":
+        sample["jpg"] = previous_jpg  # the same file crawled under another URL
+    else:
+        raise ValueError(f"unknown defect {defect!r}; choose from {DEFECTS}")
+
+
+def iter_captioned_samples(
+    config: SyntheticConfig, count: int, split: str = "train", defect_fraction: float = 0.0,
+) -> Iterator[dict]:
+    """WebDataset samples ``{"__key__", "jpg", "txt", "json"}`` for indices ``0 .. count-1``.
+
+    A ``defect_fraction`` of the samples carry one of ``DEFECTS`` (named in their JSON's
+    ``defect``), so that the filtering stage has real work on the embedded data.
+    """
     if count < 0:
         raise ValueError(f"count must be >= 0, got {count}")
+    if not 0.0 <= defect_fraction <= 1.0:
+        raise ValueError(f"defect_fraction must be in [0, 1], got {defect_fraction}")
+    previous_jpg = None
     for index in range(count):
         sample = render_sample(config, split, index)
-        yield {
-            "__key__": f"{split}_{index:08d}",
-            "jpg": encode_jpeg(sample.image),
-            "txt": sample.caption,
-            "json": json.dumps(sample.metadata, sort_keys=True),
-        }
+        jpg = encode_jpeg(sample.image)
+        record = {"__key__": f"{split}_{index:08d}", "jpg": jpg, "txt": sample.caption}
+        metadata = dict(sample.metadata)
+        rng = np.random.default_rng(_seed_sequence(config, split, index, None).spawn(3)[2])
+        if rng.random() < defect_fraction:
+            candidates = DEFECTS if previous_jpg is not None else DEFECTS[:-1]
+            metadata["defect"] = str(rng.choice(candidates))
+            _plant_defect(record, metadata["defect"], sample.image, previous_jpg)
+        else:
+            previous_jpg = jpg
+        record["json"] = json.dumps(metadata, sort_keys=True)
+        yield record
 
 
 def write_captioned_shards(
     output_dir: str | Path, config: SyntheticConfig, count: int, samples_per_shard: int, split: str = "train",
+    defect_fraction: float = 0.0,
 ) -> list[ShardInfo]:
     """Write ``count`` captioned samples as ``00000.tar, 00001.tar, ...``; the folder is replaced atomically."""
     if count < 1:
@@ -464,7 +509,7 @@ def write_captioned_shards(
     if samples_per_shard < 1:
         raise ValueError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
     with atomic_path(output_dir) as tmp:
-        return write_shards(tmp, iter_captioned_samples(config, count, split), samples_per_shard)
+        return write_shards(tmp, iter_captioned_samples(config, count, split, defect_fraction), samples_per_shard)
 
 
 def write_labelled_folder(root: str | Path, config: SyntheticConfig, train_per_class: int, val_per_class: int) -> dict:
