@@ -211,7 +211,7 @@ def test_plots(tmp_path: Path) -> None:
     assert [ax.get_xlabel() for ax in resolution.axes] == ["width (px)", "height (px)"]
     caption = plot_caption_length_histogram(report)
     (ax,) = caption.axes
-    assert ax.get_title() and ax.get_ylabel() == "samples"
+    assert ax.get_title() and ax.get_ylabel() == "samples (log scale)" and ax.get_yscale() == "log"
     assert [text.get_text() for text in ax.get_legend().get_texts()] == ["input (6)", "kept (5)"]
     for figure in (resolution, caption):
         buffer = io.BytesIO()

@@ -64,8 +64,9 @@ def _overlay(ax: Axes, values: np.ndarray, kept: np.ndarray, xlabel: str, title:
     edges = _integer_bin_edges(values)
     ax.hist(values, bins=edges, color="tab:gray", alpha=0.6, label=f"input ({values.size})")
     ax.hist(values[kept], bins=edges, color="tab:blue", alpha=0.8, label=f"kept ({int(kept.sum())})")
+    ax.set_yscale("log")  # the rare outliers a filter removes are what the plot is for
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("samples")
+    ax.set_ylabel("samples (log scale)")
     ax.set_title(title)
     ax.legend()
 
