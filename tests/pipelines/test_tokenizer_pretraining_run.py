@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,8 @@ def test_checkpoint_loads_into_the_model(pretrained: Path) -> None:
     latent = model.tokenizer.encode(torch.zeros(2, 3, 32, 32))
     assert latent.shape == (2, config.tokenizer.latent_dim, 8, 8)
     assert [r["step"] for r in checkpoint["metrics"]] == [2, 4, 6]
+    log = json.loads((pretrained / "data/08_reporting/tokenizer_pretraining/training_log.json").read_text())
+    assert log == checkpoint["metrics"]
     png = pretrained / "data/08_reporting/tokenizer_pretraining/training_curves.png"
     assert png.read_bytes()[:4] == b"\x89PNG"
 

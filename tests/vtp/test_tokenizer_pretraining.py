@@ -168,3 +168,14 @@ def test_activation_checkpointing_keeps_the_gradients() -> None:
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], msg=name)
+
+
+def test_training_curves_panels_and_scales() -> None:
+    from vtp_kedro.vtp.train.curves import plot_curves
+
+    records = [{"step": s, "rec": 1.0 / s, "clip": 4.0 - s, "koleo": 0.5 - s, "lr": 1e-3} for s in (1, 2, 3)]
+    losses, health, optimisation = plot_curves(records, "t").axes
+    assert [line.get_label() for line in losses.get_lines()] == ["rec", "clip"]
+    assert losses.get_yscale() == "log"
+    assert health.get_yscale() == "linear"  # KoLeo goes negative: no log scale
+    assert [line.get_label() for line in optimisation.get_lines()] == ["lr"]

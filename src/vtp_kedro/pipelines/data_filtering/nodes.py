@@ -52,9 +52,8 @@ def report_filtering(
     """Counts per rule (a DVC metric and MLflow metrics), the shard manifest and two histograms."""
     report = read_filter_report(filtered_shards)
     counts = report.to_dict()
-    counts.pop("shards")
+    manifest = counts.pop("shards")
     metrics = {name: {"value": float(value), "step": 0} for name, value in _flatten(counts).items()}
-    manifest = [shard.__dict__ for shard in report.shards]
     return (
         counts,
         metrics,

@@ -45,8 +45,12 @@ class TokenizerPretrainingParams(Config):
     launcher: LauncherConfig = LauncherConfig()
 
 
-def pretrain_tokenizer(filtered_shards: Path, params: TokenizerPretrainingParams) -> dict[str, Any]:
-    """Train the tokenizer; returns the final checkpoint with the resolved config that made it."""
+def pretrain_tokenizer(
+    filtered_shards: Path, params: TokenizerPretrainingParams,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Train the tokenizer; returns the final checkpoint (with the resolved config that made it
+    and its metrics log) and, for the plot, the metrics log alone: reloading the checkpoint
+    from the catalog would read every weight and optimizer moment just to draw curves."""
     data = PretrainDataConfig(**{**params.data.model_dump(), "shards": params.data.shards or str(filtered_shards)})
     task = TokenizerPretrainingConfig(model=params.model, data=data)
     urls = expand_urls(data.shards)  # a missing input fails here, naming it, before any process starts
@@ -67,7 +71,7 @@ def pretrain_tokenizer(filtered_shards: Path, params: TokenizerPretrainingParams
     checkpoint = load_checkpoint(final)
     checkpoint["config"] = resolved
     checkpoint["metrics"] = read_metrics_log(run_dir)
-    return checkpoint
+    return checkpoint, checkpoint["metrics"]
 
 
 # Settings that change how a run is watched or stored, not what it computes.
@@ -87,9 +91,9 @@ def run_fingerprint(resolved: dict[str, Any], urls: list[str]) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def plot_training_curves(tokenizer_checkpoint: dict[str, Any]) -> Figure:
+def plot_training_curves(tokenizer_training_log: list[dict[str, Any]]) -> Figure:
     """Every logged loss term, the teacher entropy and KoLeo against steps (collapse shows here)."""
-    return plot_curves(tokenizer_checkpoint["metrics"], title="VTP tokenizer pre-training")
+    return plot_curves(tokenizer_training_log, title="VTP tokenizer pre-training")
 
 
 def _size_and_mtime(url: str) -> tuple[int | None, int | None]:

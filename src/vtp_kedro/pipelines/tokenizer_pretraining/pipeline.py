@@ -9,12 +9,12 @@ def create_pipeline(**kwargs) -> Pipeline:
             node(
                 pretrain_tokenizer,
                 inputs=["filtered_shards", "params:tokenizer_pretraining"],
-                outputs="tokenizer_checkpoint",
+                outputs=["tokenizer_checkpoint", "tokenizer_training_log"],
                 name="pretrain_tokenizer",
             ),
             node(
                 plot_training_curves,
-                inputs="tokenizer_checkpoint",
+                inputs="tokenizer_training_log",
                 outputs="tokenizer_training_curves",
                 name="plot_training_curves",
             ),

@@ -34,10 +34,11 @@ def plot_curves(records: list[dict[str, Any]], title: str) -> Figure:
     steps = [record["step"] for record in records]
     for ax, (panel, names) in zip(figure.subplots(1, len(PANELS)), PANELS, strict=True):
         plotted = [name for name in names if any(name in record for record in records)]
-        for name in plotted:
-            values = [record.get(name, math.nan) for record in records]
-            ax.plot(steps, values, label=name)
-        if plotted and all(r.get(n, 1) > 0 for r in records for n in plotted if not math.isnan(r.get(n, 1))):
+        values = {name: [record.get(name, math.nan) for record in records] for name in plotted}
+        for name, series in values.items():
+            ax.plot(steps, series, label=name)
+        finite = [v for series in values.values() for v in series if not math.isnan(v)]
+        if finite and min(finite) > 0:
             ax.set_yscale("log")
         ax.set_title(panel)
         ax.set_xlabel("step")
