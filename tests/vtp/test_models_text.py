@@ -14,7 +14,8 @@ import pydantic
 import pytest
 import torch
 
-from vtp_kedro.vtp.models.text import TEXT_PRESETS, TextConfig, TextEncoder, text_config, tokenize
+from vtp_kedro.vtp.data.preprocess import tokenize
+from vtp_kedro.vtp.models.text import TEXT_PRESETS, TextConfig, TextEncoder, text_config
 
 SOT, EOT = 49406, 49407
 
@@ -39,7 +40,8 @@ def test_import_build_and_tokenize_never_touch_the_network():
             raise RuntimeError("network access attempted")
         socket.socket.connect = refuse
         socket.create_connection = refuse
-        from vtp_kedro.vtp.models.text import TextEncoder, text_config, tokenize
+        from vtp_kedro.vtp.data.preprocess import tokenize
+        from vtp_kedro.vtp.models.text import TextEncoder, text_config
         tokens = tokenize(["a photo of a dog"])
         print(tuple(TextEncoder(text_config("tiny", layers=1), 8)(tokens).shape))
         """

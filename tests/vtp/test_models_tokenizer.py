@@ -6,15 +6,8 @@ import pydantic
 import pytest
 import torch
 
-from vtp_kedro.vtp.models.tokenizer import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    PixelDecoder,
-    TokenizerConfig,
-    VisualTokenizer,
-    denormalize,
-    normalize,
-)
+from vtp_kedro.vtp.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, denormalize, normalize
+from vtp_kedro.vtp.models.tokenizer import PixelDecoder, TokenizerConfig, VisualTokenizer
 from vtp_kedro.vtp.models.vit import vit_config
 
 

@@ -8,8 +8,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from vtp_kedro.vtp.data.synthetic import SyntheticConfig, render_sample
 from vtp_kedro.vtp.data.transforms import MultiCropConfig
-from vtp_kedro.vtp.models.text import TextConfig, tokenize
-from vtp_kedro.vtp.models.tokenizer import TokenizerConfig, normalize
+from vtp_kedro.vtp.data.preprocess import normalize, tokenize
+from vtp_kedro.vtp.models.text import TextConfig
+from vtp_kedro.vtp.models.tokenizer import TokenizerConfig
 from vtp_kedro.vtp.models.vit import ViTConfig
 from vtp_kedro.vtp.models.vtp import OBJECTIVE_PRESETS, VTPConfig, VTPModel
 from vtp_kedro.vtp.train.flops import training_step_flops

@@ -34,8 +34,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from vtp_kedro.vtp.config import Config
 from vtp_kedro.vtp.data.shards import expand_urls, iter_shard_samples
-from vtp_kedro.vtp.models.text import tokenize
-from vtp_kedro.vtp.models.tokenizer import normalize
+from vtp_kedro.vtp.data.preprocess import normalize, tokenize
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import Tensor
 from torchvision.ops import roi_align
 
 from vtp_kedro.vtp.config import Config
+from vtp_kedro.vtp.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _check_range(name: str, value: tuple[float, float], low: float, high: float) -> None:
@@ -197,8 +197,8 @@ class MultiCrop:
         if images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point():
             raise ValueError(f"expected float images (B, 3, H, W), got {images.dtype} {tuple(images.shape)}")
         cfg = self.config
-        mean = torch.tensor(IMAGENET_DEFAULT_MEAN, device=images.device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_DEFAULT_STD, device=images.device).view(1, 3, 1, 1)
+        mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
         pixels = (images.float() * std + mean).clamp(0, 1)  # colour ops in float32, on [0, 1] pixels
         global_crops = [
             self.view(pixels, cfg.global_size, cfg.global_scale, blur, solarize_p, generator)

@@ -2,17 +2,9 @@
 
 from vtp_kedro.vtp.models.ema import cosine_momentum, ema_update, make_teacher
 from vtp_kedro.vtp.models.heads import CLIPProjection, DINOHead, LogitScale
-from vtp_kedro.vtp.models.text import TEXT_PRESETS, TextConfig, TextEncoder, text_config, tokenize
-from vtp_kedro.vtp.models.tokenizer import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    PixelDecoder,
-    TokenizerConfig,
-    TokenizerFeatures,
-    VisualTokenizer,
-    denormalize,
-    normalize,
-)
+from vtp_kedro.vtp.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, denormalize, normalize, tokenize
+from vtp_kedro.vtp.models.text import TEXT_PRESETS, TextConfig, TextEncoder, text_config
+from vtp_kedro.vtp.models.tokenizer import PixelDecoder, TokenizerConfig, TokenizerFeatures, VisualTokenizer
 from vtp_kedro.vtp.models.vit import (
     VIT_PRESETS,
     Attention,

@@ -8,12 +8,12 @@ wheel: nothing is downloaded.
 
 from __future__ import annotations
 
-from open_clip.tokenizer import tokenize as _bpe_tokenize
 from open_clip.transformer import TextTransformer
 from pydantic import Field
 from torch import Tensor, nn
 
 from vtp_kedro.vtp.config import Config
+from vtp_kedro.vtp.data.preprocess import tokenize
 
 BPE_VOCAB_SIZE = 49408  # open_clip's bundled bpe_simple_vocab_16e6 plus <start_of_text>, <end_of_text>
 
@@ -40,13 +40,6 @@ def text_config(preset: str, **overrides) -> TextConfig:
     if preset not in TEXT_PRESETS:
         raise ValueError(f"unknown text preset {preset!r}; choose one of {sorted(TEXT_PRESETS)}")
     return TextConfig(**{**TEXT_PRESETS[preset], **overrides})
-
-
-def tokenize(captions: list[str], context_length: int = 77) -> Tensor:
-    """Captions -> BPE token ids (len(captions), context_length), long; too-long captions are truncated, ending in EOT."""
-    if isinstance(captions, str) or not all(isinstance(c, str) for c in captions):
-        raise TypeError(f"captions must be a list of str; got {type(captions).__name__}")
-    return _bpe_tokenize(list(captions), context_length=context_length)
 
 
 class TextEncoder(nn.Module):

@@ -4,7 +4,7 @@
     Z --1x1 conv--> (B, N, dec_width) --RoPE ViT blocks, norm--> 1x1 conv to 3*p*p --PixelShuffle(p)--> (B, 3, H, W)
 
 No KL term and no quantiser (paper Section 3.2, reference code). Images are ImageNet-
-normalised in and out; ``denormalize`` maps decoder output back to [0, 1] for saving.
+normalised in and out (``vtp.data.preprocess``: ``normalize`` / ``denormalize``).
 """
 
 from __future__ import annotations
@@ -12,9 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
 from pydantic import Field, model_validator
-from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import Tensor, nn
 
 from vtp_kedro.vtp.config import Config
@@ -28,30 +26,6 @@ from vtp_kedro.vtp.models.vit import (
     init_vit_weights,
     make_norm,
 )
-
-IMAGENET_MEAN: tuple[float, float, float] = IMAGENET_DEFAULT_MEAN
-IMAGENET_STD: tuple[float, float, float] = IMAGENET_DEFAULT_STD
-
-
-def _channel_stats(x: Tensor) -> tuple[Tensor, Tensor]:
-    if x.ndim < 3 or x.shape[-3] != 3:
-        raise ValueError(f"expected RGB images shaped (..., 3, H, W); got {tuple(x.shape)}")
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(3, 1, 1)
-    return mean, std
-
-
-def normalize(images01: Tensor) -> Tensor:
-    """Images in [0, 1] -> ImageNet-normalised ``(x - mean) / std`` per channel."""
-    mean, std = _channel_stats(images01)
-    return (images01 - mean) / std
-
-
-def denormalize(x: Tensor) -> Tensor:
-    """ImageNet-normalised images -> [0, 1], clamped (for saving and pixel metrics)."""
-    mean, std = _channel_stats(x)
-    return (x * std + mean).clamp(0.0, 1.0)
-
 
 class TokenizerConfig(Config):
     """Encoder, bottleneck width d and pixel decoder size. The decoder reuses the encoder's FFN, mlp_ratio and QK-norm."""

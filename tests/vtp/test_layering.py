@@ -1,0 +1,43 @@
+"""The library's floors run one way: data below models, models and losses below training; no Kedro."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+LIBRARY = Path(__file__).resolve().parents[2] / "src" / "vtp_kedro" / "vtp"
+# A package may not import the packages listed for it (data must not reach up into models or train).
+FORBIDDEN = {
+    "data": ("vtp_kedro.vtp.models", "vtp_kedro.vtp.losses", "vtp_kedro.vtp.train"),
+    "models": ("vtp_kedro.vtp.train",),
+    "losses": ("vtp_kedro.vtp.train",),
+}
+
+
+def imported_modules(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_lower_floors_never_import_upper_ones(package):
+    offenders = [
+        f"{path.relative_to(LIBRARY)} imports {name}"
+        for path in sorted((LIBRARY / package).rglob("*.py"))
+        for name in sorted(imported_modules(path))
+        if name.startswith(FORBIDDEN[package])
+    ]
+    assert not offenders, offenders
+
+
+def test_library_never_imports_kedro():
+    offenders = [f"{path.relative_to(LIBRARY)}: {name}" for path in sorted(LIBRARY.rglob("*.py"))
+                 for name in imported_modules(path) if name == "kedro" or name.startswith("kedro.")]
+    assert not offenders, offenders
