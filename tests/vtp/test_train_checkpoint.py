@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -34,6 +38,31 @@ def test_tied_and_overlapping_tensors_round_trip(tmp_path):
     assert loaded["head.weight"] is loaded["embed.weight"]  # restored as a tie
     with pytest.raises(TypeError, match="value of 'lr' is a float"):
         ckpt.save_tensors({"lr": 0.1}, tmp_path / "bad.safetensors")
+
+
+def test_same_tensors_give_byte_identical_files_across_processes(tmp_path):
+    """safetensors writes its metadata map in per-process hash order; save_tensors must not."""
+    script = textwrap.dedent("""
+        import sys, torch
+        from torch import nn
+        from vtp_kedro.vtp.train.checkpoint import save_tensors
+        torch.manual_seed(0)
+        embedding = nn.Embedding(7, 4)
+        save_tensors({"b": torch.arange(5.0), "a.weight": embedding.weight, "tied": embedding.weight,
+                      "z": torch.ones(2, dtype=torch.bfloat16)}, sys.argv[1])
+    """)
+    digests = set()
+    for attempt in range(4):  # a hash-order flip shows within a few processes
+        path = tmp_path / f"copy{attempt}.safetensors"
+        subprocess.run([sys.executable, "-c", script, str(path)], check=True)
+        digests.add(hashlib.sha256(path.read_bytes()).hexdigest())
+        assert not list(tmp_path.glob(".*")), "a temporary file was left behind"
+    assert len(digests) == 1
+    loaded = ckpt.load_tensors(tmp_path / "copy0.safetensors")
+    assert loaded["tied"] is loaded["a.weight"] and loaded["z"].dtype == torch.bfloat16
+    from safetensors import safe_open
+    with safe_open(str(tmp_path / "copy0.safetensors"), framework="pt") as handle:
+        assert handle.metadata()["format"] == "pt"
 
 
 def test_rng_state_round_trip():

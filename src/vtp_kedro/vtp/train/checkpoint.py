@@ -85,8 +85,34 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path) -> None:
         shares_storage = pointer in storages and tensor.numel() > 0
         storages.add(pointer)
         unique[name] = tensor.clone().contiguous() if shares_storage else tensor.contiguous()
-    save_file({name: t.cpu() for name, t in unique.items()}, str(path),
-              metadata={"format": "pt", "aliases": json.dumps(aliases)})
+    path = Path(path)
+    unsorted = path.with_name(f".{path.name}.unsorted")
+    try:
+        save_file({name: t.cpu() for name, t in unique.items()}, str(unsorted),
+                  metadata={"format": "pt", "aliases": json.dumps(aliases, sort_keys=True)})
+        _write_with_sorted_metadata(unsorted, path)
+    finally:
+        unsorted.unlink(missing_ok=True)
+
+
+def _write_with_sorted_metadata(source: Path, target: Path) -> None:
+    """Copy a safetensors file with its header's keys sorted, so equal tensors give equal bytes.
+
+    safetensors writes the metadata map in hash order, which differs between processes
+    (huggingface/safetensors#584), so the same weights would give one of two files and DVC
+    would see a change where there is none. The header is re-serialised deterministically
+    (tensor offsets are relative to the data, so they stay valid) and padded with spaces to
+    8 bytes as safetensors does; the tensor bytes are streamed over unchanged.
+    """
+    with open(source, "rb") as src:
+        length = int.from_bytes(src.read(8), "little")
+        header = json.loads(src.read(length))
+        text = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
+        text += b" " * (-len(text) % 8)
+        with open(target, "wb") as dst:
+            dst.write(len(text).to_bytes(8, "little"))
+            dst.write(text)
+            shutil.copyfileobj(src, dst, length=1 << 24)
 
 
 def load_tensors(path: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
