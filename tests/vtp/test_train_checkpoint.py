@@ -148,6 +148,6 @@ def test_trainer_saves_every_n_steps_keeps_last_k_and_cleans_partials(tmp_path):
     assert state["model"].keys() == model.keys()
     assert all(torch.equal(state["model"][k], model[k]) for k in model)
     assert state["task_state"].keys() == trainer.task.state_dict().keys()
-    assert set(state["optimizer"]["state"]) == {f"model.{n}" for n, _ in trainer.task.model.named_parameters()}
+    assert set(state["optimizer"]["main"]["state"]) == {f"model.{n}" for n, _ in trainer.task.model.named_parameters()}
     assert state["trainer_state"]["data"] == [{"index": 7}] and state["trainer_state"]["samples"] == 56
     assert len(state["rng"]) == 1 and {"python", "numpy", "torch"} <= state["rng"][0].keys()

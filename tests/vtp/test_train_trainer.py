@@ -273,8 +273,8 @@ def test_interrupted_run_resumes_bit_identically(tmp_path):
     assert_bit_identical(reference.task.state_dict(), resumed.task.state_dict())
     final_reference = ckpt.load_checkpoint(reference.last_checkpoint)
     final_resumed = ckpt.load_checkpoint(resumed.last_checkpoint)
-    assert_bit_identical(final_reference["optimizer"]["state"]["model.0.weight"],
-                         final_resumed["optimizer"]["state"]["model.0.weight"])
+    assert_bit_identical(final_reference["optimizer"]["main"]["state"]["model.0.weight"],
+                         final_resumed["optimizer"]["main"]["state"]["model.0.weight"])
     assert final_reference["trainer_state"] == final_resumed["trainer_state"]
     # The steps logged after the last checkpoint by the interrupted run are not duplicated.
     timing = {"samples_per_s", "flop_per_s"}

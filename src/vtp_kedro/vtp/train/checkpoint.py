@@ -6,7 +6,8 @@
   tensors stored once and restored as aliases;
 - ``task_state.safetensors``: the task's own state beyond the model (EMA teacher, centres,
   sampler generator states), a flat name -> tensor mapping;
-- ``optimizer.pt``: the optimiser state keyed by parameter name (loaded with
+- ``optimizer.pt``: each optimizer's state (``{name: state}``, e.g. ``main`` or
+  ``generator`` and ``discriminator``) keyed by parameter name (loaded with
   ``weights_only=True``: no code runs when reading it);
 - ``trainer_state.json``: step, samples and FLOPs so far, non-finite counters, total steps
   and budget, and each rank's data position;
@@ -34,6 +35,7 @@ from vtp_kedro.vtp.io import atomic_path
 
 CHECKPOINT_NAME = re.compile(r"^step_(\d{8})$")
 MODEL_FILE = "model.safetensors"
+INFERENCE_WEIGHTS_FILE = "tokenizer.safetensors"  # a tokenizer inference folder's weights (vtp.inference)
 TASK_STATE_FILE = "task_state.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 TRAINER_STATE_FILE = "trainer_state.json"
@@ -125,6 +127,27 @@ def load_tensors(path: str | Path, device: str | torch.device = "cpu") -> dict[s
     for alias, target in aliases.items():
         tensors[alias] = tensors[target]
     return tensors
+
+
+def named_optimizer_states(saved: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    """The saved optimizer states by optimizer name; a checkpoint from before named optimizers
+    (one flat state dict) counts as the state of a single-optimizer task's only optimizer."""
+    if "state" in saved and "param_groups" in saved and len(names) == 1:
+        return {names[0]: saved}
+    if set(saved) != set(names):
+        raise ValueError(f"the checkpoint holds optimizer states {sorted(saved)}, the task steps {list(names)}")
+    return saved
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The weights in ``path``: a checkpoint folder's ``model.safetensors``, a tokenizer
+    inference folder's ``tokenizer.safetensors``, or a ``.safetensors`` file itself."""
+    path = Path(path)
+    for candidate in (path / MODEL_FILE, path / INFERENCE_WEIGHTS_FILE, path):
+        if candidate.is_file() and candidate.suffix == ".safetensors":
+            return load_tensors(candidate)
+    raise FileNotFoundError(f"{path} holds no weights: expected a checkpoint folder ({MODEL_FILE}), a tokenizer "
+                            f"inference folder ({INFERENCE_WEIGHTS_FILE}) or a .safetensors file")
 
 
 # --- random number generators --------------------------------------------------------------

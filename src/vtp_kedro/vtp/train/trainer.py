@@ -1,15 +1,21 @@
 """The one training loop of the project: tokenizer pre-training, the decoder GAN stage and DiT.
 
 A stage hands the trainer a ``TrainTask`` (its model and its loss) and a ``ResumableIterable``
-of batches; the trainer owns everything else: AdamW and the learning-rate schedule, gradient
+of batches; the trainer owns everything else: AdamW and the learning-rate schedules, gradient
 accumulation and clipping, bf16 autocast on CUDA, DDP or FSDP, the step budget, skipping
-non-finite steps, logging, and checkpoints from which a killed run resumes bit-identically.
+non-finite steps, logging, a weights-only start (``init_from``) and checkpoints from which a
+killed run resumes bit-identically.
 
-One step (``step`` counts from 0) consumes ``accumulation_steps`` batches per rank::
+One step (``step`` counts from 0) consumes ``accumulation_steps`` batches per rank and steps
+each of the task's optimizers in turn (one, or e.g. generator then discriminator)::
 
-    for each micro-batch:   loss, terms = task.training_step(batch, step); (loss / A).backward()
-    norm = ||grads||;  if loss or norm is non-finite on any rank: skip (zero grads, count)
-    else: clip to grad_clip; optimizer.step() at lr(step); task.after_optimizer_step(step, total)
+    for each optimizer o (task.optimizer_names, in order):
+        for each micro-batch:   loss, terms = task.training_step(batch, step[, optimizer=o]); (loss / A).backward()
+        norm = ||grads of o||;  if loss or norm is non-finite on any rank: skip o's step (count it)
+        else: clip to o's grad_clip; o.step() at o's lr(step);   then zero every gradient
+    if every optimizer stepped: task.after_optimizer_step(step, total)
+
+Frozen submodules (``task.frozen_modules()``) get no gradient and stay in eval mode throughout.
 """
 
 from __future__ import annotations
@@ -81,11 +87,23 @@ class BudgetConfig(Config):
         return self
 
 
+class InitFromConfig(Config):
+    """A weights-only start: parameters and buffers from another run, nothing else (no optimizer,
+    no step, no data position). Used only when the run has no checkpoint of its own to resume."""
+
+    path: str = Field(min_length=1, description="a checkpoint folder, a tokenizer inference folder or a .safetensors file")
+    source_prefix: str = Field("", description="take only the source keys under this prefix (e.g. 'tokenizer.'), stripped")
+    target: str = Field("", description="the submodule of task.model that receives them ('' = the whole model)")
+
+
 class TrainerConfig(Config):
     """Everything about how to train, nothing about what: the stage's own settings go to its task."""
 
     budget: BudgetConfig
-    optimizer: OptimizerConfig = OptimizerConfig()
+    optimizer: OptimizerConfig = Field(OptimizerConfig(), description="the optimizer of a single-optimizer task")
+    optimizers: dict[str, OptimizerConfig] | None = Field(
+        None, description="one entry per optimizer a multi-optimizer task names (e.g. generator, discriminator)")
+    init_from: InitFromConfig | None = None
     accumulation_steps: int = Field(1, ge=1, description="micro-batches per optimiser step and rank")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")
     compile: bool | None = Field(None, description="torch.compile the step; None: on with CUDA, off on CPU")
@@ -102,6 +120,27 @@ class TrainerConfig(Config):
     keep_last: int = Field(3, ge=1)
     resume: str = Field("auto", min_length=1, description="auto | never | path of a checkpoint folder")
     max_consecutive_nonfinite: int = Field(10, gt=0, description="stop after this many skipped steps in a row")
+
+    @model_validator(mode="after")
+    def _check_optimizers(self) -> TrainerConfig:
+        if self.optimizers is not None and "optimizer" in self.model_fields_set:
+            raise ValueError("set either optimizer (one optimizer) or optimizers (one per name), not both")
+        if self.optimizers is not None and not self.optimizers:
+            raise ValueError("optimizers is empty: name at least one, or use optimizer")
+        return self
+
+    def optimizer_configs(self, names: tuple[str, ...]) -> dict[str, OptimizerConfig]:
+        """The config of each of a task's optimizers, in the task's order; a clear error on a mismatch."""
+        if self.optimizers is None:
+            if len(names) == 1:
+                return {names[0]: self.optimizer}
+            raise ValueError(f"the task steps {len(names)} optimizers {list(names)}: set trainer.optimizers "
+                             "with one entry each")
+        missing, extra = set(names) - set(self.optimizers), set(self.optimizers) - set(names)
+        if missing or extra:
+            raise ValueError(f"trainer.optimizers must name exactly the task's optimizers {list(names)}; "
+                             f"missing {sorted(missing)}, unknown {sorted(extra)}")
+        return {name: self.optimizers[name] for name in names}
 
 
 def total_steps_for(budget: BudgetConfig, samples_per_step: int, flops_per_step: float | None) -> int:
@@ -126,20 +165,39 @@ class TrainTask(abc.ABC):
     """
 
     model: nn.Module
+    # The optimizers, in the order they are stepped each step. A task with several (a GAN:
+    # ("generator", "discriminator")) overrides this and ``configure_optimizers``, and its
+    # ``training_step`` receives ``optimizer=<name>``: the loss whose gradients that one applies.
+    optimizer_names: tuple[str, ...] = ("main",)
 
     @abc.abstractmethod
     def training_step(self, batch: Any, step: int) -> tuple[Tensor, Mapping[str, float | Tensor]]:
         """The scalar loss to minimise on this rank's micro-batch, and every term for logging
-        (scalars; the same names at every step and on every rank, as they are averaged over both)."""
+        (scalars; the same names at every step and on every rank, as they are averaged over both).
+        A multi-optimizer task's signature is ``training_step(batch, step, optimizer)``."""
 
     def named_trainable_parameters(self) -> Iterable[tuple[str, nn.Parameter]]:
         """The parameters to optimise, named as in ``model`` (default: those requiring grad)."""
         return ((name, p) for name, p in self.model.named_parameters() if p.requires_grad)
 
     def configure_optimizer(self, config: OptimizerConfig) -> torch.optim.Optimizer:
-        """The optimiser (default AdamW with no decay on norms, biases, tokens); a stage that
-        needs another, or several behind one ``step()`` (the GAN stage), overrides this."""
+        """The optimiser of a single-optimizer task (default AdamW with no decay on norms, biases, tokens)."""
         return build_adamw(self.named_trainable_parameters(), config)
+
+    def configure_optimizers(self, configs: Mapping[str, OptimizerConfig]) -> dict[str, torch.optim.Optimizer]:
+        """One optimizer per name of ``optimizer_names``, each over its own parameters; a
+        parameter group may carry ``lr_scale`` (its learning rate = scale x the schedule's)."""
+        if len(self.optimizer_names) != 1:
+            raise NotImplementedError(f"{type(self).__name__} names optimizers {self.optimizer_names} "
+                                      "but does not override configure_optimizers")
+        (name,) = self.optimizer_names
+        return {name: self.configure_optimizer(configs[name])}
+
+    def frozen_modules(self) -> Iterable[nn.Module]:
+        """Submodules of ``model`` that are not trained: the trainer turns their gradients off,
+        keeps them in eval mode for the whole run and refuses them in any optimizer. The task
+        runs them under ``torch.no_grad()`` where no gradient must flow through them."""
+        return ()
 
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
         """Runs after each applied optimiser step, e.g. the EMA teacher update."""
@@ -236,8 +294,10 @@ class _TrainingStep(nn.Module):
         self.model = task.model
         self.__dict__["task"] = task  # a plain attribute: the task is not a submodule
 
-    def forward(self, batch: Any, step: int) -> tuple[Tensor, Mapping[str, float | Tensor]]:
-        return self.task.training_step(batch, step)
+    def forward(self, batch: Any, step: int, optimizer: str | None = None) -> tuple[Tensor, Mapping[str, float | Tensor]]:
+        if optimizer is None:
+            return self.task.training_step(batch, step)
+        return self.task.training_step(batch, step, optimizer=optimizer)
 
 
 _MODEL_PREFIX = "model."
@@ -275,6 +335,7 @@ class Trainer:
         self.resumed_from: Path | None = None
         self.last_checkpoint: Path | None = None
         self._pending: Any = None
+        self._skipped: list[str] = []
 
     # -- set-up ------------------------------------------------------------------------
     @property
@@ -293,15 +354,37 @@ class Trainer:
         # Under FSDP the full (unsharded) state is gathered; otherwise every rank holds it already.
         return StateDictOptions(full_state_dict=self._fsdp, **kwargs)
 
+    @property
+    def _multi_optimizer(self) -> bool:
+        return len(self.task.optimizer_names) > 1
+
     def _setup(self) -> None:
         cfg = self.config
+        names = tuple(self.task.optimizer_names)
+        if len(set(names)) != len(names) or not names:
+            raise ValueError(f"task {type(self.task).__name__} optimizer_names {names} must be distinct and non-empty")
+        optimizer_configs = cfg.optimizer_configs(names)
+        self.frozen = list(self.task.frozen_modules())
+        for module in self.frozen:
+            module.requires_grad_(False)
         self.task.model.to(self.device)
         if cfg.activation_checkpointing:
             self.task.set_activation_checkpointing(True)
+        # A pass that steps one optimizer leaves the others' parameters without gradients.
+        find_unused = cfg.find_unused_parameters or self._multi_optimizer
         self.module = parallelize(_TrainingStep(self.task), cfg.parallel, self.device, self.task.fsdp_units(),
-                                  find_unused_parameters=cfg.find_unused_parameters)
-        self.optimizer = self.task.configure_optimizer(cfg.optimizer)
-        self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
+                                  find_unused_parameters=find_unused)
+        self.optimizers = self.task.configure_optimizers(optimizer_configs)
+        if tuple(self.optimizers) != names:
+            raise ValueError(f"configure_optimizers returned {list(self.optimizers)}, not the task's "
+                             f"optimizer_names {list(names)} in that order")
+        self.optimizer_configs = optimizer_configs
+        self.params = {name: [p for group in opt.param_groups for p in group["params"]]
+                       for name, opt in self.optimizers.items()}
+        frozen_ids = {id(p) for module in self.frozen for p in module.parameters()}
+        for name, params in self.params.items():
+            if any(id(p) in frozen_ids for p in params):
+                raise ValueError(f"optimizer {name!r} was given parameters of a frozen module")
         use_compile = self.device.type == "cuda" if cfg.compile is None else cfg.compile
         self.step_fn = torch.compile(self.module) if use_compile else self.module
 
@@ -319,6 +402,28 @@ class Trainer:
         ckpt.checkpoint_step(path)  # a clear error for a path that is not a checkpoint folder
         return path
 
+    def _initialise_weights(self, init: InitFromConfig) -> None:
+        """Copy weights from ``init.path`` into ``task.model`` (or its ``init.target`` submodule),
+        requiring the selected source keys and the target's keys and shapes to match exactly."""
+        source = ckpt.read_weights(init.path)
+        if init.source_prefix:
+            source = {k.removeprefix(init.source_prefix): v for k, v in source.items() if k.startswith(init.source_prefix)}
+            if not source:
+                raise ValueError(f"init_from {init.path}: no weights under source_prefix {init.source_prefix!r}")
+        try:
+            target = self.task.model.get_submodule(init.target)
+        except AttributeError:
+            raise ValueError(f"init_from.target {init.target!r} is not a submodule of the task's model") from None
+        expected = target.state_dict()
+        missing, unexpected = sorted(expected.keys() - source.keys()), sorted(source.keys() - expected.keys())
+        mismatched = sorted(f"{k}: {tuple(source[k].shape)} in the source, {tuple(expected[k].shape)} in the model"
+                            for k in expected.keys() & source.keys() if source[k].shape != expected[k].shape)
+        if missing or unexpected or mismatched:
+            raise ValueError(f"init_from {init.path} does not fit {init.target or 'the model'}: missing {missing}, "
+                             f"unexpected {unexpected}, shape mismatches {mismatched}")
+        target.load_state_dict(source, strict=True)
+        log.info("initialised %s from %s", init.target or "the model", init.path)
+
     def _restore(self, path: Path) -> dict[str, Any]:
         """Load weights, optimiser, task state, counters and data position; returns the state."""
         state = ckpt.load_checkpoint(path)
@@ -328,7 +433,9 @@ class Trainer:
                              f"resume it with the same world size, not {world_size()}")
         model_state = {_MODEL_PREFIX + key: value for key, value in state["model"].items()}
         set_model_state_dict(self.module, model_state, options=self._state_dict_options())
-        set_optimizer_state_dict(self.module, self.optimizer, state["optimizer"], options=self._state_dict_options())
+        optimizer_states = ckpt.named_optimizer_states(state["optimizer"], tuple(self.optimizers))
+        for name, optimizer in self.optimizers.items():
+            set_optimizer_state_dict(self.module, optimizer, optimizer_states[name], options=self._state_dict_options())
         self.task.load_state_dict(state["task_state"])
         self.data.load_state_dict(trainer_state["data"][rank()])
         self.step = trainer_state["step"]
@@ -377,55 +484,70 @@ class Trainer:
             return self.module.no_sync()
         return contextlib.nullcontext()
 
-    def _train_step(self) -> tuple[dict[str, Tensor], Tensor, bool, int, float]:
-        """One optimiser step; returns (terms, grad norm, applied, samples, FLOPs)."""
-        cfg, step = self.config, self.step
-        lr = learning_rate(cfg.optimizer.schedule, step, self.total_steps, cfg.optimizer.lr,
-                           cfg.optimizer.min_lr, cfg.optimizer.warmup_steps)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        accumulation = cfg.accumulation_steps
+    def _train_step(self) -> tuple[dict[str, Tensor], dict[str, Tensor], bool, int, float]:
+        """One step of every optimizer; returns (terms, grad norm per optimizer, all applied, samples, FLOPs)."""
+        cfg, step, accumulation = self.config, self.step, self.config.accumulation_steps
+        batches = [self._next_batch() for _ in range(accumulation)]
+        samples = sum(batch_size(batch) for batch in batches)
+        flops = sum(self.task.flops_per_step(batch) or 0.0 for batch in batches)
         terms: dict[str, Tensor] = {}
-        losses, samples, flops = [], 0, 0.0
-        for micro in range(accumulation):
-            batch = self._next_batch()
-            samples += batch_size(batch)
-            micro_flops = self.task.flops_per_step(batch)
-            flops += micro_flops or 0.0
-            with self._gradient_sync(micro == accumulation - 1):
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._bf16):
-                    loss, step_terms = self.step_fn(batch, step)
-                if loss.ndim != 0:
-                    raise ValueError(f"training_step must return a scalar loss; got shape {tuple(loss.shape)}")
-                (loss / accumulation).backward()
-            losses.append(loss.detach().float())
-            for name, value in {"loss": loss, **step_terms}.items():
-                value = torch.as_tensor(value, device=self.device).detach().float()
-                terms[name] = terms.get(name, 0.0) + value / accumulation
-        grads = [p.grad for p in self.params if p.grad is not None]
-        norm = (torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False) if grads
-                else torch.zeros((), device=self.device))
-        full_norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
-        nonfinite = ~torch.isfinite(full_norm) | ~torch.isfinite(torch.stack(losses)).all()
-        applied = not any_rank(nonfinite)
-        if applied:
-            if cfg.optimizer.grad_clip is not None:
-                torch.nn.utils.clip_grads_with_norm_(self.params, cfg.optimizer.grad_clip, norm)
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        if applied:
+        norms: dict[str, Tensor] = {}
+        all_applied = True
+        self._lrs = {}
+        for name, optimizer in self.optimizers.items():
+            opt_cfg = self.optimizer_configs[name]
+            lr = learning_rate(opt_cfg.schedule, step, self.total_steps, opt_cfg.lr, opt_cfg.min_lr, opt_cfg.warmup_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr * group.get("lr_scale", 1.0)
+            self._lrs[name] = lr
+            losses = []
+            loss_name = f"{name}/loss" if self._multi_optimizer else "loss"
+            for micro, batch in enumerate(batches):
+                with self._gradient_sync(micro == accumulation - 1):
+                    with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._bf16):
+                        loss, step_terms = self.step_fn(batch, step, name if self._multi_optimizer else None)
+                    if loss.ndim != 0:
+                        raise ValueError(f"training_step must return a scalar loss; got shape {tuple(loss.shape)}")
+                    (loss / accumulation).backward()
+                losses.append(loss.detach().float())
+                for term, value in {loss_name: loss, **step_terms}.items():
+                    value = torch.as_tensor(value, device=self.device).detach().float()
+                    terms[term] = terms.get(term, 0.0) + value / accumulation
+            params = self.params[name]
+            grads = [p.grad for p in params if p.grad is not None]
+            norm = (torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False) if grads
+                    else torch.zeros((), device=self.device))
+            full_norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+            nonfinite = ~torch.isfinite(full_norm) | ~torch.isfinite(torch.stack(losses)).all()
+            applied = not any_rank(nonfinite)
+            if applied:
+                if opt_cfg.grad_clip is not None:
+                    torch.nn.utils.clip_grads_with_norm_(params, opt_cfg.grad_clip, norm)
+                optimizer.step()
+            else:
+                self._skipped.append(name)
+            all_applied &= applied
+            # Every gradient, not only this optimizer's: the generator's pass also reaches the
+            # discriminator's weights, which its own pass must start from zero.
+            self.module.zero_grad(set_to_none=True)
+            norms[name] = full_norm.detach()
+        if self._multi_optimizer:
+            first = self.task.optimizer_names[0]
+            terms["loss"] = terms[f"{first}/loss"]
+        if all_applied:
             self.task.after_optimizer_step(step, self.total_steps)
-        self._lr = lr
-        return terms, full_norm.detach(), applied, samples * world_size(), flops * world_size()
+        return terms, norms, all_applied, samples * world_size(), flops * world_size()
 
-    def _count_nonfinite(self, applied: bool, terms: dict[str, Tensor], norm: Tensor) -> None:
+    def _count_nonfinite(self, applied: bool, terms: dict[str, Tensor], norms: dict[str, Tensor]) -> None:
+        skipped, self._skipped = self._skipped, []
         if applied:
             self.nonfinite_consecutive = 0
             return
         self.nonfinite_total += 1
         self.nonfinite_consecutive += 1
-        message = (f"step {self.step}: non-finite loss {terms['loss'].item():.4g} or grad norm {norm.item():.4g}; "
-                   f"optimizer step skipped ({self.nonfinite_consecutive} in a row, {self.nonfinite_total} in total)")
+        details = ", ".join(f"{name}: grad norm {norms[name].item():.4g}" for name in skipped)
+        message = (f"step {self.step}: non-finite loss or gradient ({details}, loss {terms['loss'].item():.4g}); "
+                   f"step of {skipped} skipped ({self.nonfinite_consecutive} in a row, {self.nonfinite_total} in total)")
         if self.nonfinite_consecutive >= self.config.max_consecutive_nonfinite:
             last = ckpt.latest_checkpoint(self.checkpoint_dir)
             raise RuntimeError(f"{message}; stopping after max_consecutive_nonfinite="
@@ -437,7 +559,8 @@ class Trainer:
         """Collect every rank's state and write it from rank 0 (all ranks must call this)."""
         options = self._state_dict_options(cpu_offload=True)
         model_state = get_model_state_dict(self.module, options=options)
-        optimizer_state = get_optimizer_state_dict(self.module, self.optimizer, options=options)
+        optimizer_state = {name: get_optimizer_state_dict(self.module, optimizer, options=options)
+                           for name, optimizer in self.optimizers.items()}
         data_states = gather_to_main(self.data.state_dict())
         rng_states = gather_to_main(ckpt.rng_state())
         path = self.checkpoint_dir / ckpt.checkpoint_name(self.step)
@@ -473,8 +596,13 @@ class Trainer:
         clashes = sorted(set(metrics) & set(_TRAINER_METRICS))
         if clashes:
             raise ValueError(f"task terms {clashes} clash with the trainer's own metric names")
-        metrics["lr"] = self._lr
-        metrics["grad_norm"] = (window["norm"] / window["applied"]).item() if window["applied"] else float("nan")
+        for name in self.optimizers:
+            norm = (window["norm"][name] / window["applied"]).item() if window["applied"] else float("nan")
+            if self._multi_optimizer:
+                metrics[f"{name}/lr"], metrics[f"{name}/grad_norm"] = self._lrs[name], norm
+        first = self.task.optimizer_names[0]
+        metrics["lr"] = self._lrs[first]
+        metrics["grad_norm"] = (window["norm"][first] / window["applied"]).item() if window["applied"] else float("nan")
         metrics["samples_per_s"] = window["samples"] / elapsed
         metrics["samples"] = float(self.samples)
         metrics["nonfinite_steps"] = float(self.nonfinite_total)
@@ -498,7 +626,7 @@ class Trainer:
 
     @staticmethod
     def _new_window() -> dict[str, Any]:
-        return {"terms": {}, "steps": 0, "norm": 0.0, "applied": 0, "samples": 0, "flops": 0.0,
+        return {"terms": {}, "steps": 0, "norm": {}, "applied": 0, "samples": 0, "flops": 0.0,
                 "start": time.perf_counter()}
 
     def _rewind_metrics_log(self) -> None:
@@ -530,23 +658,29 @@ class Trainer:
         if is_main_process():
             for partial in ckpt.remove_partial_checkpoints(self.checkpoint_dir):
                 log.warning("removed %s, left by a save that was interrupted", partial)
-        self._setup()
         source = self._resume_source()  # every rank reads the (shared) checkpoint folder itself
+        if source is None and self.config.init_from is not None:
+            self._initialise_weights(self.config.init_from)
+        self._setup()
         restored = self._restore(source) if source is not None else None
         if restored is None:
             seed_all(self.config.seed + rank())
         self._iterator = iter(self.data)
         self._pending = self._next_batch()  # peeked for the budget, trained on in the first step
         self.total_steps = self._resolve_total_steps(restored)
-        if self.config.optimizer.warmup_steps >= self.total_steps:
-            raise ValueError(f"optimizer.warmup_steps ({self.config.optimizer.warmup_steps}) must be below the "
-                             f"total steps ({self.total_steps}) that the budget {self.config.budget} gives")
+        for name, opt_cfg in self.optimizer_configs.items():
+            if opt_cfg.warmup_steps >= self.total_steps:
+                key = f"optimizers.{name}" if self.config.optimizers is not None else "optimizer"
+                raise ValueError(f"{key}.warmup_steps ({opt_cfg.warmup_steps}) must be below the total steps "
+                                 f"({self.total_steps}) that the budget {self.config.budget} gives")
         if restored is not None:
             # Restored last: iter() and the first batch above may draw from the global generators.
             ckpt.set_rng_state(restored["rng"][rank()])
         if is_main_process():
             self._rewind_metrics_log()
         self.task.model.train()
+        for module in self.frozen:
+            module.eval()
         log.info("training %d steps from step %d on %d rank(s), device %s", self.total_steps, self.step,
                  world_size(), self.device)
         show_bar = is_main_process() and sys.stderr.isatty()
@@ -555,8 +689,8 @@ class Trainer:
         window = self._new_window()
         with bar:
             while self.step < self.total_steps:
-                terms, norm, applied, samples, flops = self._train_step()
-                self._count_nonfinite(applied, terms, norm)
+                terms, norms, applied, samples, flops = self._train_step()
+                self._count_nonfinite(applied, terms, norms)
                 self.step += 1
                 self.samples += samples
                 self.flops += flops
@@ -566,7 +700,8 @@ class Trainer:
                 window["samples"] += samples
                 window["flops"] += flops
                 if applied:
-                    window["norm"] += norm
+                    for name, norm in norms.items():
+                        window["norm"][name] = window["norm"].get(name, 0.0) + norm
                     window["applied"] += 1
                 bar.update(1)
                 if self.step % self.config.log_every == 0 or self.step == self.total_steps:
