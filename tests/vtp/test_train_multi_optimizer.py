@@ -159,7 +159,7 @@ def test_init_from_copies_weights_into_a_new_run_with_a_strict_check(tmp_path):
 
     ckpt.save_tensors({"0.weight": torch.zeros(4, 5), "extra": torch.zeros(1)}, tmp_path / "bad.safetensors")
     bad = gan_config(init_from={"path": str(tmp_path / "bad.safetensors"), "target": "encoder"})
-    with pytest.raises(ValueError, match=r"missing \['0.bias'\], unexpected \['extra'\], shape mismatches "
+    with pytest.raises(ValueError, match=r"does not fit: missing \['0.bias'\], unexpected \['extra'\], shape mismatches "
                                          r"\['0.weight: \(4, 5\) in the source, \(4, 6\) in the model'\]"):
         fit_gan(tmp_path / "bad_run", bad)
     with pytest.raises(ValueError, match="'nope' is not a submodule"):

@@ -150,6 +150,19 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
                             f"inference folder ({INFERENCE_WEIGHTS_FILE}) or a .safetensors file")
 
 
+def load_state_strictly(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """``module.load_state_dict(state)`` after checking keys and shapes, with every offending
+    name in the error (``source`` says where the weights came from)."""
+    expected = module.state_dict()
+    missing, unexpected = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
+    mismatched = sorted(f"{k}: {tuple(state[k].shape)} in the source, {tuple(expected[k].shape)} in the model"
+                        for k in expected.keys() & state.keys() if state[k].shape != expected[k].shape)
+    if missing or unexpected or mismatched:
+        raise ValueError(f"{source} does not fit: missing {missing}, unexpected {unexpected}, "
+                         f"shape mismatches {mismatched}")
+    module.load_state_dict(state, strict=True)
+
+
 # --- random number generators --------------------------------------------------------------
 def rng_state() -> dict[str, Any]:
     """This process's Python, NumPy, torch CPU and (when present) CUDA generator states."""

@@ -414,14 +414,7 @@ class Trainer:
             target = self.task.model.get_submodule(init.target)
         except AttributeError:
             raise ValueError(f"init_from.target {init.target!r} is not a submodule of the task's model") from None
-        expected = target.state_dict()
-        missing, unexpected = sorted(expected.keys() - source.keys()), sorted(source.keys() - expected.keys())
-        mismatched = sorted(f"{k}: {tuple(source[k].shape)} in the source, {tuple(expected[k].shape)} in the model"
-                            for k in expected.keys() & source.keys() if source[k].shape != expected[k].shape)
-        if missing or unexpected or mismatched:
-            raise ValueError(f"init_from {init.path} does not fit {init.target or 'the model'}: missing {missing}, "
-                             f"unexpected {unexpected}, shape mismatches {mismatched}")
-        target.load_state_dict(source, strict=True)
+        ckpt.load_state_strictly(target, source, f"init_from {init.path} (into {init.target or 'the model'})")
         log.info("initialised %s from %s", init.target or "the model", init.path)
 
     def _restore(self, path: Path) -> dict[str, Any]:
