@@ -44,7 +44,7 @@ def bare_step_seconds(config: VTPConfig, trainer_config: TrainerConfig, batch: d
                       device: torch.device) -> float:
     torch.manual_seed(0)
     model = VTPModel(config).to(device)
-    optimizer = build_adamw(model.named_trainable_parameters(), trainer_config.optimizer)
+    optimizer = build_adamw(model.named_trainable_parameters(), trainer_config.optimizer_configs(("main",))["main"])
     batch = {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)}
     autocast = torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda")
     deterministic = trainer_config.deterministic if trainer_config.deterministic is not None else device.type == "cpu"

@@ -266,3 +266,17 @@ def test_impossible_settings_are_rejected(shard_dir):
         config(shard_dir, flip_probability=1.5)
     with pytest.raises(ValueError, match="rank=2, world_size=2"):
         PretrainDataStream(config(shard_dir), rank=2, world_size=2)
+
+
+def test_images_only_streams_read_shards_without_captions(messy_dir):
+    with_captions = take(PretrainDataStream(config(messy_dir, shuffle_buffer=0)), 12)
+    images_only = take(PretrainDataStream(config(messy_dir, shuffle_buffer=0, captions=False)), 12)
+    assert all("tokens" not in batch for batch in images_only)
+    keys = [k for batch in images_only for k in batch["keys"]]
+    assert "train_00000057" in keys  # its caption is missing, but its image is all this stream needs
+    assert "train_00000057" not in [k for batch in with_captions for k in batch["keys"]]
+    by_key = {k: img for batch in with_captions for k, img in zip(batch["keys"], batch["images"])}
+    for batch in images_only:
+        for key, image in zip(batch["keys"], batch["images"]):
+            if key in by_key and key < "train_00000057":  # same draws before the streams diverge
+                assert torch.equal(image, by_key[key])

@@ -15,6 +15,7 @@ from vtp_kedro.vtp.losses.gan import (
     adaptive_weight,
     discriminator_accuracy,
     generator_adversarial_loss,
+    generator_objective,
     hinge_d_loss,
     latent_noise,
 )
@@ -210,3 +211,29 @@ def test_gan_config_defaults_and_generator_start():
 def test_gan_config_rejects_bad_values_naming_them(settings, message):
     with pytest.raises(pydantic.ValidationError, match=message):
         GANLossConfig(**settings)
+
+
+def test_generator_objective_gives_taming_s_weight_and_gradient_in_one_pass():
+    torch.manual_seed(0)
+    decoder = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 6))
+    critic = nn.Sequential(nn.Linear(6, 4), nn.LeakyReLU(0.2), nn.Linear(4, 1))
+    z, target = torch.randn(3, 5), torch.randn(3, 6)
+
+    def losses():
+        out = decoder(z)
+        return out, (out - target).abs().mean() + 0.3 * ((out - target) ** 2).mean(), -critic(out).mean()
+
+    out, rec, gan = losses()
+    reference_weight = 0.5 * adaptive_weight(rec, gan, decoder[2].weight)
+    (rec + reference_weight * gan).backward()
+    reference = {n: p.grad.clone() for n, p in decoder.named_parameters()}
+    decoder.zero_grad(), critic.zero_grad()
+
+    out, rec, gan = losses()
+    loss, weight = generator_objective(out, rec, gan, decoder[2].weight, disc_weight=0.5)
+    torch.testing.assert_close(weight, reference_weight)
+    torch.testing.assert_close(loss, (rec + weight * gan).detach())
+    loss.backward()
+    for name, param in decoder.named_parameters():
+        torch.testing.assert_close(param.grad, reference[name], rtol=1e-5, atol=1e-7)
+    assert all(p.grad is None for p in critic.parameters())  # the generator's pass leaves D alone

@@ -17,6 +17,7 @@ Two kinds of folder hold a tokenizer:
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -117,8 +118,18 @@ def _run_config(folder: Path) -> dict[str, Any] | None:
     return None
 
 
-def load_tokenizer(path: str | Path, device: str | torch.device = "cpu") -> Tokenizer:
-    """Open the tokenizer in an inference folder or a training checkpoint folder (see the module docstring)."""
+@dataclass(frozen=True)
+class TokenizerSource:
+    """Where a tokenizer folder keeps what ``load_tokenizer`` reads (see the module docstring)."""
+
+    config: TokenizerConfig
+    image_size: int
+    weights: Path  # the safetensors file
+    prefix: str  # of the tokenizer's keys in it: "" (inference folder) or "tokenizer." (training model)
+
+
+def tokenizer_source(path: str | Path) -> TokenizerSource:
+    """Read a tokenizer folder's config and say where its weights are; a clear error for any other folder."""
     folder = Path(path)
     if not folder.is_dir():
         raise FileNotFoundError(f"tokenizer folder {folder} does not exist")
@@ -127,18 +138,24 @@ def load_tokenizer(path: str | Path, device: str | torch.device = "cpu") -> Toke
                        f"{INFERENCE_CONFIG_FILE})")
     config = _run_config(folder)
     if (folder / INFERENCE_WEIGHTS_FILE).is_file() and config is not None and config.get("format") == INFERENCE_FORMAT:
-        tokenizer_config, image_size = config["tokenizer"], config["image_size"]
-        state = _read_selected(folder / INFERENCE_WEIGHTS_FILE, "")
-    elif (folder / MODEL_FILE).is_file() and config is not None and "task" in config:
+        return TokenizerSource(TokenizerConfig.model_validate(config["tokenizer"]), config["image_size"],
+                               folder / INFERENCE_WEIGHTS_FILE, "")
+    if (folder / MODEL_FILE).is_file() and config is not None and "task" in config:
         try:
             tokenizer_config = config["task"]["model"]["tokenizer"]
             image_size = config["task"]["data"]["image_size"]
         except KeyError:
             raise ValueError(f"{not_a_tokenizer}; its run config has no task.model.tokenizer "
                              "or task.data.image_size") from None
-        state = _read_selected(folder / MODEL_FILE, TOKENIZER_PREFIX)
-    else:
-        raise ValueError(not_a_tokenizer)
-    tokenizer = Tokenizer(TokenizerConfig.model_validate(tokenizer_config), image_size)
-    load_state_strictly(tokenizer.net, state, f"{folder}: the weights for its tokenizer config")
+        return TokenizerSource(TokenizerConfig.model_validate(tokenizer_config), image_size,
+                               folder / MODEL_FILE, TOKENIZER_PREFIX)
+    raise ValueError(not_a_tokenizer)
+
+
+def load_tokenizer(path: str | Path, device: str | torch.device = "cpu") -> Tokenizer:
+    """Open the tokenizer in an inference folder or a training checkpoint folder (see the module docstring)."""
+    source = tokenizer_source(path)
+    tokenizer = Tokenizer(source.config, source.image_size)
+    load_state_strictly(tokenizer.net, _read_selected(source.weights, source.prefix),
+                        f"{path}: the weights for its tokenizer config")
     return tokenizer.to(device)

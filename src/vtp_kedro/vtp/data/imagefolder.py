@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from PIL import Image
 from torchvision.datasets import DatasetFolder
 
@@ -94,3 +96,29 @@ def iter_labelled_images(
                 errors[exc.reason] += 1
             continue
         yield Path(path).relative_to(folder.split_dir).with_suffix("").as_posix(), image, label
+
+
+def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
+    """The shorter side resized to ``size`` (bicubic), then the centre ``size`` x ``size`` square."""
+    width, height = image.size
+    side = min(width, height)
+    left, top = (width - side) / 2, (height - side) / 2
+    if image.size == (size, size):
+        return image
+    return image.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side))
+
+
+def labelled_image_batches(root: str | Path, split: str, image_size: int, batch_size: int,
+                           max_images: int | None = None) -> Iterator[torch.Tensor]:
+    """Batches (B, 3, S, S) of a split's images in [0, 1], in the folder's fixed order (the first
+    ``max_images`` of them; None: all), resized and centre-cropped to ``image_size``."""
+    batch: list[np.ndarray] = []
+    for index, (_, image, _) in enumerate(iter_labelled_images(root, split)):
+        if max_images is not None and index >= max_images:
+            break
+        batch.append(np.asarray(resize_center_crop(image, image_size)))
+        if len(batch) == batch_size:
+            yield torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).float().div(255)
+            batch = []
+    if batch:
+        yield torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).float().div(255)

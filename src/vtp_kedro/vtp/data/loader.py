@@ -56,6 +56,7 @@ class PretrainDataConfig(Config):
     shuffle_buffer: int = Field(1000, ge=0, description="samples per worker's shuffle buffer; 0 keeps shard order")
     seed: int = Field(0, ge=0)
     context_length: int = Field(77, ge=2, description="caption tokens, start and end tokens included")
+    captions: bool = Field(True, description="read and tokenise captions; False: images only (any image shards)")
     random_crop: bool = Field(True, description="random square crop after resizing the shorter side; else centre")
     flip_probability: float = Field(0.5, ge=0.0, le=1.0, description="probability of a horizontal flip")
 
@@ -104,14 +105,14 @@ class _WorkerBatches(IterableDataset):
                         errors.clear()  # those were counted before the data position was saved
                     continue
                 item = _decode_sample(sample, draws, size, self.config.random_crop,
-                                      self.config.flip_probability, errors)
+                                      self.config.flip_probability, self.config.captions, errors)
                 if item is None:
                     continue
                 usable += 1
                 batch.append(item)
                 if len(batch) == batch_size:
                     progress = {"worker": worker, "position": (epoch, read), "skipped": dict(errors)}
-                    yield _collate(batch, self.config.context_length), progress
+                    yield _collate(batch, self.config.context_length if self.config.captions else None), progress
                     batch = []
                     errors.clear()  # not a new Counter: the shard readers of this epoch hold this one
             if read < skip:
@@ -135,17 +136,18 @@ def _skip(errors: Counter, reason: str, sample: dict, detail: str = "") -> None:
 
 
 def _decode_sample(sample: dict, draws: np.ndarray, size: int, random_crop: bool, flip_probability: float,
-                   errors: Counter) -> tuple[str, np.ndarray, str, bool] | None:
-    """A raw sample -> ``(key, HxWx3 uint8 pixels, caption, flip)``, or None (counted in ``errors``)."""
+                   captions: bool, errors: Counter) -> tuple[str, np.ndarray, str, bool] | None:
+    """A raw sample -> ``(key, HxWx3 uint8 pixels, caption or "", flip)``, or None (counted in ``errors``)."""
     image_bytes = next((sample[ext] for ext in IMAGE_EXTENSIONS if ext in sample), None)
     if image_bytes is None:
         _skip(errors, "missing_image", sample)
         return None
-    if "txt" not in sample:
+    caption = ""
+    if captions and "txt" not in sample:
         _skip(errors, "missing_caption", sample)
         return None
     try:
-        caption = sample["txt"].decode("utf-8")
+        caption = sample["txt"].decode("utf-8") if captions else ""
     except UnicodeDecodeError as exc:
         _skip(errors, "undecodable_caption", sample, str(exc))
         return None
@@ -170,21 +172,22 @@ def _decode_sample(sample: dict, draws: np.ndarray, size: int, random_crop: bool
     return sample["__key__"], np.asarray(image), caption, bool(draws[2] < flip_probability)
 
 
-def _collate(items: list[tuple[str, np.ndarray, str, bool]], context_length: int) -> dict:
+def _collate(items: list[tuple[str, np.ndarray, str, bool]], context_length: int | None) -> dict:
+    """Stack a batch; ``context_length`` None: images only, no ``tokens``."""
     keys, pixels, captions, flips = zip(*items)
     images = np.stack(pixels)
     flipped = np.array(flips)
     images[flipped] = images[flipped, :, ::-1]
     images = torch.from_numpy(images).permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
-    return {
-        "images": normalize(images.div_(255.0)),
-        "tokens": tokenize(list(captions), context_length=context_length),
-        "keys": list(keys),
-    }
+    batch = {"images": normalize(images.div_(255.0)), "keys": list(keys)}
+    if context_length is not None:
+        batch["tokens"] = tokenize(list(captions), context_length=context_length)
+    return batch
 
 
 class PretrainDataStream:
-    """The endless batches one rank trains on: ``{"images", "tokens", "keys"}``; see the module docstring.
+    """The endless batches one rank trains on: ``{"images", "tokens", "keys"}`` (no ``tokens`` when
+    ``captions`` is off); see the module docstring.
 
     ``images`` are float32 ``(B, 3, S, S)``, ImageNet-normalised; ``tokens`` int64 ``(B, context_length)``
     BPE ids; ``keys`` the samples' ``__key__``. Each ``iter()`` continues from the current data

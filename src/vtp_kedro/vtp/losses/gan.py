@@ -14,6 +14,12 @@ The generator minimises L_rec + disc_weight * lambda * L_G with VQGAN's adaptive
 w the weight of the decoder's last layer: it scales the GAN gradient at the output to the size of the
 reconstruction gradient, whatever the scale of the discriminator's logits.
 
+Computing lambda as written (taming) backpropagates both terms through LPIPS and D twice more
+than the update needs. ``generator_objective`` takes the two gradients at the decoder's output
+x' once (g_rec = dL_rec/dx', g_gan = dL_G/dx'), gets the last-layer gradients from them by the
+chain rule (only the last layer's own backward), and returns a loss whose backward sends
+g_rec + disc_weight * lambda * g_gan into the decoder: the same update, one pass through LPIPS and D.
+
 RAE's noise-augmented decoding (Zheng et al. 2025) trains the decoder on z + sigma * eps, eps ~ N(0, I), with
 one sigma ~ |N(0, tau^2)| per sample, so it also decodes the slightly-off latents a diffusion model samples.
 """
@@ -60,6 +66,24 @@ def adaptive_weight(rec_loss: Tensor, gan_loss: Tensor, last_layer: Tensor, max_
     gan_grad = torch.autograd.grad(gan_loss, last_layer, retain_graph=True)[0]
     weight = torch.linalg.vector_norm(rec_grad) / (torch.linalg.vector_norm(gan_grad) + eps)
     return weight.clamp(0.0, max_weight).detach()
+
+
+def generator_objective(reconstruction: Tensor, rec_loss: Tensor, gan_loss: Tensor, last_layer: Tensor,
+                        disc_weight: float, max_weight: float = 1e4, eps: float = 1e-4) -> tuple[Tensor, Tensor]:
+    """``(loss, weight)``: ``loss`` has the value ``rec + weight * gan`` and, backpropagated, gives the
+    decoder exactly the gradient of that sum with ``weight = disc_weight * adaptive_weight`` (module
+    docstring); nothing reaches the discriminator's parameters. ``reconstruction`` is the decoder's
+    output that both losses were computed from, ``last_layer`` a decoder weight it depends on.
+    """
+    g_rec = torch.autograd.grad(rec_loss, reconstruction, retain_graph=True)[0]
+    g_gan = torch.autograd.grad(gan_loss, reconstruction, retain_graph=True)[0]
+    w_rec = torch.autograd.grad(reconstruction, last_layer, grad_outputs=g_rec, retain_graph=True)[0]
+    w_gan = torch.autograd.grad(reconstruction, last_layer, grad_outputs=g_gan, retain_graph=True)[0]
+    weight = disc_weight * (torch.linalg.vector_norm(w_rec) / (torch.linalg.vector_norm(w_gan) + eps)).clamp(0, max_weight)
+    gradient = (g_rec + weight * g_gan).detach()
+    surrogate = (reconstruction * gradient).sum()  # d surrogate / d x' = the wanted gradient
+    value = (rec_loss + weight * gan_loss).detach()
+    return value + surrogate - surrogate.detach(), weight.detach()
 
 
 def discriminator_accuracy(logits_real: Tensor, logits_fake: Tensor) -> tuple[Tensor, Tensor]:

@@ -124,3 +124,22 @@ class ReconstructionLoss(nn.Module):
             metrics["lpips"] = perceptual.detach()
             loss = loss + self.config.perceptual_weight * perceptual
         return loss, metrics
+
+
+def keep_perceptual_network_out_of_state(model: nn.Module, attribute: str) -> None:
+    """Leave the frozen LPIPS network of ``model.<attribute>`` out of ``model``'s state dict.
+
+    It is a fixed metric rebuilt from its package and the weights resolver, never trained: its
+    58 MB do not belong in checkpoints, and loading a checkpoint must not ask for them.
+    """
+    prefix = f"{attribute}.perceptual."
+
+    def drop(module: nn.Module, state_dict: dict, state_prefix: str, local_metadata) -> None:
+        for key in [k for k in state_dict if k.startswith(state_prefix + prefix)]:
+            del state_dict[key]
+
+    def ignore_missing(module: nn.Module, incompatible_keys) -> None:
+        incompatible_keys.missing_keys[:] = [k for k in incompatible_keys.missing_keys if prefix not in k]
+
+    model.register_state_dict_post_hook(drop)
+    model.register_load_state_dict_post_hook(ignore_missing)

@@ -1,0 +1,1 @@
+"""Metrics that judge a tokenizer: reconstruction (here), understanding and generation (later stages)."""

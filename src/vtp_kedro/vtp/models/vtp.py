@@ -23,7 +23,11 @@ from torch import Tensor, nn
 from vtp_kedro.vtp.config import Config
 from vtp_kedro.vtp.data.transforms import MultiCrop, MultiCropConfig, block_masks, sample_subsets
 from vtp_kedro.vtp.losses.contrastive import ContrastiveLoss
-from vtp_kedro.vtp.losses.reconstruction import ReconstructionLoss, ReconstructionLossConfig
+from vtp_kedro.vtp.losses.reconstruction import (
+    ReconstructionLoss,
+    ReconstructionLossConfig,
+    keep_perceptual_network_out_of_state,
+)
 from vtp_kedro.vtp.losses.ssl import SSLLoss, SSLLossConfig
 from vtp_kedro.vtp.models.ema import cosine_momentum, ema_update, make_teacher
 from vtp_kedro.vtp.models.heads import CLIPProjection, DINOHead, LogitScale
@@ -102,19 +106,6 @@ class VTPConfig(Config):
         return self.ssl or SSLLossConfig(out_dim=self.dino_head.prototypes, teacher_temperature_warmup_steps=0)
 
 
-_FROZEN_METRIC_PREFIX = "reconstruction_loss.perceptual."
-
-
-def _drop_frozen_metric_weights(module: nn.Module, state_dict: dict, prefix: str, local_metadata) -> None:
-    for key in [k for k in state_dict if k.startswith(prefix + _FROZEN_METRIC_PREFIX)]:
-        del state_dict[key]
-
-
-def _ignore_frozen_metric_weights(module: nn.Module, incompatible_keys) -> None:
-    missing = incompatible_keys.missing_keys
-    missing[:] = [k for k in missing if _FROZEN_METRIC_PREFIX not in k]
-
-
 class VTPModel(nn.Module):
     """Student (tokenizer, text tower, heads), EMA teacher and the three objectives.
 
@@ -141,9 +132,7 @@ class VTPModel(nn.Module):
             self.ssl_loss = SSLLoss(config.ssl_loss)
             self.multicrop = MultiCrop(config.multicrop)
             self.teacher = make_teacher(nn.ModuleDict(self._teacher_pairs_student()))
-        # LPIPS is a frozen metric network shipped by its packages: keep its 58 MB out of checkpoints.
-        self.register_state_dict_post_hook(_drop_frozen_metric_weights)
-        self.register_load_state_dict_post_hook(_ignore_frozen_metric_weights)
+        keep_perceptual_network_out_of_state(self, "reconstruction_loss")
         # Sub-batches, crops and masks come from this generator (checkpointed with the model);
         # each rank draws its own from its local batch.
         self.sampler = torch.Generator().manual_seed(config.seed + 1_000_003 * rank)

@@ -27,12 +27,14 @@ def read_metrics_log(run_dir: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def plot_curves(records: list[dict[str, Any]], title: str) -> Figure:
-    """One panel per group of ``PANELS``, each present metric against the step (log-scale y where positive)."""
-    figure = Figure(figsize=(5 * len(PANELS), 4), layout="constrained")
+def plot_curves(records: list[dict[str, Any]], title: str,
+                panels: tuple[tuple[str, tuple[str, ...]], ...] = PANELS) -> Figure:
+    """One panel per ``(title, metric names)`` group, each present metric against the step
+    (log-scale y where every value is positive)."""
+    figure = Figure(figsize=(5 * len(panels), 4), layout="constrained")
     figure.suptitle(title)
     steps = [record["step"] for record in records]
-    for ax, (panel, names) in zip(figure.subplots(1, len(PANELS)), PANELS, strict=True):
+    for ax, (panel, names) in zip(figure.subplots(1, len(panels)), panels, strict=True):
         plotted = [name for name in names if any(name in record for record in records)]
         values = {name: [record.get(name, math.nan) for record in records] for name in plotted}
         for name, series in values.items():

@@ -100,7 +100,8 @@ class TrainerConfig(Config):
     """Everything about how to train, nothing about what: the stage's own settings go to its task."""
 
     budget: BudgetConfig
-    optimizer: OptimizerConfig = Field(OptimizerConfig(), description="the optimizer of a single-optimizer task")
+    optimizer: OptimizerConfig | None = Field(
+        None, description="the optimizer of a single-optimizer task; None: OptimizerConfig's defaults")
     optimizers: dict[str, OptimizerConfig] | None = Field(
         None, description="one entry per optimizer a multi-optimizer task names (e.g. generator, discriminator)")
     init_from: InitFromConfig | None = None
@@ -123,7 +124,7 @@ class TrainerConfig(Config):
 
     @model_validator(mode="after")
     def _check_optimizers(self) -> TrainerConfig:
-        if self.optimizers is not None and "optimizer" in self.model_fields_set:
+        if self.optimizers is not None and self.optimizer is not None:
             raise ValueError("set either optimizer (one optimizer) or optimizers (one per name), not both")
         if self.optimizers is not None and not self.optimizers:
             raise ValueError("optimizers is empty: name at least one, or use optimizer")
@@ -133,7 +134,7 @@ class TrainerConfig(Config):
         """The config of each of a task's optimizers, in the task's order; a clear error on a mismatch."""
         if self.optimizers is None:
             if len(names) == 1:
-                return {names[0]: self.optimizer}
+                return {names[0]: self.optimizer or OptimizerConfig()}
             raise ValueError(f"the task steps {len(names)} optimizers {list(names)}: set trainer.optimizers "
                              "with one entry each")
         missing, extra = set(names) - set(self.optimizers), set(self.optimizers) - set(names)
@@ -501,7 +502,8 @@ class Trainer:
                         loss, step_terms = self.step_fn(batch, step, name if self._multi_optimizer else None)
                     if loss.ndim != 0:
                         raise ValueError(f"training_step must return a scalar loss; got shape {tuple(loss.shape)}")
-                    (loss / accumulation).backward()
+                    if loss.requires_grad:  # a pass may have nothing to train yet (a GAN's D before its start)
+                        (loss / accumulation).backward()
                 losses.append(loss.detach().float())
                 for term, value in {loss_name: loss, **step_terms}.items():
                     value = torch.as_tensor(value, device=self.device).detach().float()
