@@ -57,6 +57,11 @@ def kedro(project: Path, *args: str, check: bool = True) -> subprocess.Completed
     return result
 
 
+def run_folders(folder: Path) -> list[Path]:
+    """A runs_dir's run folders (hidden files, such as the content-digest cache, are not runs)."""
+    return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     return copy_project(tmp_path / "project")

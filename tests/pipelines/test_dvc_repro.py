@@ -33,6 +33,7 @@ def test_dvc_repro_runs_stages_once_and_push_pull_restore_data(project: Path, tm
     assert "Running stage 'data_generation'" in first
     assert "Running stage 'data_filtering'" in first
     assert "Running stage 'tokenizer_pretraining'" in first
+    assert "Running stage 'decoder_gan'" in first
     assert (project / "dvc.lock").exists()
     assert any((project / "data/03_primary/filtered_shards").glob("*.tar"))
 

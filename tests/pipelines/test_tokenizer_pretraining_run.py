@@ -9,7 +9,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from tests.pipelines.conftest import kedro
+from tests.pipelines.conftest import kedro, run_folders
 from vtp_kedro.datasets import CheckpointDataset
 from vtp_kedro.vtp.models.vtp import VTPConfig, VTPModel
 
@@ -54,13 +54,13 @@ def test_mlflow_run_has_every_term(pretrained: Path) -> None:
 
 def test_rerun_resumes_and_a_new_config_starts_a_new_run(pretrained: Path) -> None:
     runs = pretrained / "data/06_models/tokenizer_pretraining_runs"
-    (first,) = runs.iterdir()
+    (first,) = run_folders(runs)
     before = CheckpointDataset(str(pretrained / "data/06_models/tokenizer")).load()["model"]
     kedro(pretrained, "run", "--env", "ci", "--pipeline", "tokenizer_pretraining")
-    assert list(runs.iterdir()) == [first]
+    assert list(run_folders(runs)) == [first]
     after = CheckpointDataset(str(pretrained / "data/06_models/tokenizer")).load()["model"]
     assert all(torch.equal(before[name], after[name]) for name in before)
 
     kedro(pretrained, "run", "--env", "ci", "--pipeline", "tokenizer_pretraining",
           "--params", "tokenizer_pretraining.trainer.optimizer.lr=0.002")
-    assert len(list(runs.iterdir())) == 2
+    assert len(list(run_folders(runs))) == 2
