@@ -11,6 +11,8 @@ from mlflow.tracking import MlflowClient
 
 from tests.pipelines.conftest import kedro, run_folders
 from vtp_kedro.datasets import CheckpointDataset
+from vtp_kedro.vtp import load_tokenizer
+from vtp_kedro.vtp.data.preprocess import normalize
 from vtp_kedro.vtp.models.vtp import VTPConfig, VTPModel
 
 pytestmark = pytest.mark.slow
@@ -32,6 +34,11 @@ def test_checkpoint_loads_into_the_model(pretrained: Path) -> None:
     model.load_state_dict(checkpoint["model"])
     latent = model.tokenizer.encode(torch.zeros(2, 3, 32, 32))
     assert latent.shape == (2, config.tokenizer.latent_dim, 8, 8)
+    # The slim inference folder holds the same tokenizer; load_tokenizer opens both folders.
+    for folder in ("data/06_models/pretrained_tokenizer", "data/06_models/tokenizer"):
+        tokenizer = load_tokenizer(pretrained / folder)
+        assert torch.equal(tokenizer.encode(torch.full((2, 3, 32, 32), 0.5)),
+                           model.eval().tokenizer.encode(normalize(torch.full((2, 3, 32, 32), 0.5))))
     assert [r["step"] for r in checkpoint["metrics"]] == [2, 4, 6]
     log = json.loads((pretrained / "data/08_reporting/tokenizer_pretraining/training_log.json").read_text())
     assert log == checkpoint["metrics"]

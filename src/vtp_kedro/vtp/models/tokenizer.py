@@ -46,6 +46,11 @@ class TokenizerConfig(Config):
             )
         return self
 
+    def check_image_size(self, size: int, key: str) -> None:
+        """Raise, naming ``key``, unless ``size`` is a whole number of patches."""
+        if size % self.encoder.patch_size:
+            raise ValueError(f"{key} ({size}) must be a multiple of the patch size ({self.encoder.patch_size})")
+
 
 class PixelDecoder(nn.Module):
     """Z (B, d, h, w) -> images (B, 3, h*p, w*p) in normalised space.

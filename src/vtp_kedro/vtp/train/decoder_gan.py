@@ -31,9 +31,7 @@ class DecoderGANTaskConfig(Config):
 
     @model_validator(mode="after")
     def _check(self) -> DecoderGANTaskConfig:
-        patch = self.model.tokenizer.encoder.patch_size
-        if self.data.image_size % patch:
-            raise ValueError(f"data.image_size ({self.data.image_size}) must be a multiple of the patch size ({patch})")
+        self.model.tokenizer.check_image_size(self.data.image_size, "data.image_size")
         if self.data.captions:
             raise ValueError("data.captions must be false: the decoder GAN stage reads images only")
         return self

@@ -31,9 +31,7 @@ class TokenizerPretrainingConfig(Config):
 
     @model_validator(mode="after")
     def _check(self) -> TokenizerPretrainingConfig:
-        patch = self.model.tokenizer.encoder.patch_size
-        if self.data.image_size % patch:
-            raise ValueError(f"data.image_size ({self.data.image_size}) must be a multiple of the patch size ({patch})")
+        self.model.tokenizer.check_image_size(self.data.image_size, "data.image_size")
         if self.data.context_length != self.model.text.context_length:
             raise ValueError(f"data.context_length ({self.data.context_length}) must equal "
                              f"model.text.context_length ({self.model.text.context_length})")
