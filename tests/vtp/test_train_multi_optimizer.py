@@ -29,9 +29,9 @@ class ToyGANTask(TrainTask):
 
     optimizer_names = ("generator", "critic")
 
-    def __init__(self, crash_at_step: int | None = None) -> None:
+    def __init__(self, crash_at_step: int | None = None, nan_critic_at: int | None = None) -> None:
         self.model = ToyGAN()
-        self.crash_at_step = crash_at_step
+        self.crash_at_step, self.nan_critic_at = crash_at_step, nan_critic_at
         self.encoder_modes: list[bool] = []
         self.calls: list[tuple[int, str]] = []
 
@@ -49,6 +49,8 @@ class ToyGANTask(TrainTask):
             return rec + 0.1 * adv, {"rec": rec.detach()}
         real, fake_logits = self.model.critic(batch["x"]), self.model.critic(fake.detach())
         loss = F.relu(1 - real).mean() + F.relu(1 + fake_logits).mean()
+        if step == self.nan_critic_at:
+            loss = loss * float("nan")
         return loss, {"critic_loss": loss.detach()}
 
     def configure_optimizers(self, configs):
@@ -128,6 +130,15 @@ def test_two_optimizers_resume_bit_identically(tmp_path):
     for name, param in (("generator", "model.generator.weight"), ("critic", "model.critic.0.weight")):
         assert_bit_identical(final[0][name]["state"][param], final[1][name]["state"][param])
         assert final[0][name]["param_groups"][0]["lr"] == OPTIMIZERS[name]["lr"]
+
+
+def test_a_non_finite_step_skips_only_that_optimizer(tmp_path):
+    config = gan_config(budget={"unit": "steps", "value": 3}, checkpoint_every=1)
+    trainer = fit_gan(tmp_path, config, nan_critic_at=1)
+    before, after = (ckpt.load_checkpoint(tmp_path / "checkpoints" / ckpt.checkpoint_name(s))["model"] for s in (1, 2))
+    assert torch.equal(before["critic.0.weight"], after["critic.0.weight"])  # the critic's step was skipped
+    assert not torch.equal(before["generator.weight"], after["generator.weight"])  # the generator's was not
+    assert trainer.nonfinite_total == 1
 
 
 def test_optimizer_settings_must_match_the_task(tmp_path):
