@@ -28,7 +28,8 @@ from torch import Tensor, nn
 from vtp_kedro.vtp.data.preprocess import denormalize, normalize
 from vtp_kedro.vtp.io import atomic_path
 from vtp_kedro.vtp.models.tokenizer import TokenizerConfig, VisualTokenizer
-from vtp_kedro.vtp.train.checkpoint import INFERENCE_WEIGHTS_FILE, MODEL_FILE, load_state_strictly, save_tensors
+from vtp_kedro.vtp.tensors import save_tensors
+from vtp_kedro.vtp.train.checkpoint import INFERENCE_WEIGHTS_FILE, MODEL_FILE, load_state_strictly
 
 INFERENCE_CONFIG_FILE = "config.json"
 INFERENCE_FORMAT = "vtp_kedro.tokenizer/1"
