@@ -228,3 +228,19 @@ def test_defects_are_seeded_marked_and_leave_clean_samples_alone():
             assert before != after and before["__key__"] == after["__key__"]
     with pytest.raises(ValueError, match="defect_fraction"):
         list(iter_captioned_samples(SyntheticConfig(), 1, defect_fraction=1.5))
+
+
+def test_main_object_size_floor():
+    """By default the main (labelled) object is large; ``min_main_size`` lowers the floor."""
+    sizes = {"large": set(), "small": set()}
+    for floor in sizes:
+        config = SyntheticConfig(min_main_size=floor)
+        for index in range(200):
+            objects = sample_scene(config, "train", index).objects
+            sizes[floor].add((len(objects) > 1, objects[0].size))
+            assert all(SIZES.index(o.size) < SIZES.index(objects[0].size) for o in objects[1:])
+    assert sizes["large"] == {(False, "large"), (True, "large")}
+    # Alone, a main object may take any size at or above the floor; with company it is never the smallest.
+    assert sizes["small"] == {(False, "small"), (False, "medium"), (False, "large"), (True, "medium"), (True, "large")}
+    with pytest.raises(pydantic.ValidationError, match="min_main_size"):
+        SyntheticConfig(min_main_size="huge")

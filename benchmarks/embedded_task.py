@@ -1,0 +1,149 @@
+"""How learnable the embedded labelled task is, and where tokenizers' linear probes land on it.
+
+    python benchmarks/embedded_task.py [--data data/01_raw/labelled_images] [--epochs 12]
+                                       [--tokenizer data/06_models/tokenizer ...] [--threads 2]
+
+On the labelled split (``train`` to fit, ``val`` to score) it trains and prints, beside the
+chance level:
+
+(a) a small supervised CNN from scratch (``SmallCNN``: 3 conv blocks, AdamW, flips): the
+    task is learnable and its labels are visible (target >= 90% within 2 minutes on 2 cores);
+(b) a linear classifier (logistic regression, best of an L2 sweep) on raw pixels: the
+    task needs a representation, not a template (target <= 35%);
+(c) a weighted k-NN (k = 20) on raw pixels;
+(d) for each ``--tokenizer`` checkpoint, the same linear classifier and k-NN on its frozen
+    bottleneck latents ``z = tokenizer.encode(normalize(x))`` of shape ``(d, h, w)``, both
+    average-pooled over ``(h, w)`` (``d`` features) and flattened (``d * h * w``).
+
+A tokenizer checkpoint is a folder with ``model.safetensors``: the catalog's
+``data/06_models/tokenizer`` (``config.json`` inside) or a run's
+``.../checkpoints/step_XXXXXXXX`` (the run's ``config.json`` two folders up). When ``--data``
+does not exist, the default split of ``conf/base/parameters_data_generation.yml`` is
+generated into a temporary folder first. Prints a table; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from vtp_kedro.vtp.data.embedded_task import (
+    LabelledSplit,
+    knn_accuracy,
+    linear_probe,
+    load_labelled_split,
+    pixel_features,
+    train_cnn,
+)
+from vtp_kedro.vtp.data.synthetic import SyntheticConfig, write_labelled_folder
+from vtp_kedro.vtp.models.tokenizer import TokenizerConfig, VisualTokenizer, normalize
+from vtp_kedro.vtp.train.checkpoint import MODEL_FILE, load_tensors
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_PARAMS = ROOT / "conf/base/parameters_data_generation.yml"
+
+
+def tokenizer_from_checkpoint(folder: Path) -> tuple[VisualTokenizer, dict]:
+    """The ``VisualTokenizer`` of a tokenizer pre-training checkpoint folder, and its run config."""
+    for config_path in (folder / "config.json", folder.parent.parent / "config.json"):
+        if config_path.is_file():
+            break
+    else:
+        raise FileNotFoundError(f"no config.json in {folder} or {folder.parent.parent}")
+    config = json.loads(config_path.read_text())
+    tokenizer = VisualTokenizer(TokenizerConfig.model_validate(config["task"]["model"]["tokenizer"]))
+    state = load_tensors(folder / MODEL_FILE)
+    prefix = "tokenizer."
+    tokenizer.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+    return tokenizer.eval(), config
+
+
+@torch.no_grad()
+def bottleneck_latents(tokenizer: VisualTokenizer, split: LabelledSplit, batch_size: int = 250) -> torch.Tensor:
+    """``(N, d, h, w)`` bottleneck latents of a split's images."""
+    return torch.cat([
+        tokenizer.encode(normalize(split.images[i:i + batch_size].float() / 255.0))
+        for i in range(0, len(split.labels), batch_size)
+    ])
+
+
+def default_split(root: Path) -> Path:
+    params = yaml.safe_load(DATA_PARAMS.read_text())["data_generation"]
+    write_labelled_folder(root, SyntheticConfig(**params["generator"]), **params["labelled"])
+    return root
+
+
+def describe(run_config: dict) -> str:
+    model = run_config["task"]["model"]
+    budget = run_config["trainer"]["budget"]
+    return f"{model['objective']}, budget {budget['value']:g} {budget['unit']}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=ROOT / "data/01_raw/labelled_images")
+    parser.add_argument("--epochs", type=int, default=12, help="CNN epochs")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--tokenizer", type=Path, nargs="*", default=[], help="tokenizer checkpoint folders")
+    parser.add_argument("--skip-cnn", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = args.data if args.data.is_dir() else default_split(Path(tmp) / "labelled_images")
+        train, val = load_labelled_split(data, "train"), load_labelled_split(data, "val")
+    classes = len(train.classes)
+    side = train.images.shape[-1]
+    print(f"labelled split {args.data if args.data.is_dir() else '(generated from conf/base)'}: "
+          f"{len(train.labels)} train / {len(val.labels)} val, {classes} classes, {side}x{side} px, "
+          f"{args.threads} threads")
+    rows: list[tuple[str, str, float, float | None, float, str]] = []
+    rows.append(("chance", "-", val.chance, None, 0.0, "most frequent class"))
+
+    xt, xv = pixel_features(train.images), pixel_features(val.images)
+    start = time.perf_counter()
+    probe = linear_probe(xt, train.labels, xv, val.labels, classes)
+    rows.append(("linear", f"raw pixels ({xt.shape[1]})", probe.val_top1, probe.train_top1,
+                 time.perf_counter() - start, f"L2 {probe.weight_decay:g}"))
+    start = time.perf_counter()
+    rows.append(("k-NN k=20", f"raw pixels ({xt.shape[1]})", knn_accuracy(xt, train.labels, xv, val.labels, classes),
+                 None, time.perf_counter() - start, "cosine, centred"))
+    if not args.skip_cnn:
+        cnn = train_cnn(train, val, epochs=args.epochs, seed=args.seed)
+        rows.append(("small CNN (supervised)", "pixels", cnn.val_top1, cnn.train_top1, cnn.seconds,
+                     f"{cnn.epochs} epochs from scratch"))
+
+    for folder in args.tokenizer:
+        tokenizer, run_config = tokenizer_from_checkpoint(folder)
+        name = f"{folder.parent.parent.name}/{folder.name}" if folder.name.startswith("step_") else folder.name
+        start = time.perf_counter()
+        zt, zv = bottleneck_latents(tokenizer, train), bottleneck_latents(tokenizer, val)
+        encode_seconds = time.perf_counter() - start
+        d, h, w = zt.shape[1:]
+        for kind, ft, fv in (("pooled", zt.mean((2, 3)), zv.mean((2, 3))), ("flat", zt.flatten(1), zv.flatten(1))):
+            start = time.perf_counter()
+            probe = linear_probe(ft, train.labels, fv, val.labels, classes)
+            seconds = time.perf_counter() - start
+            label = f"latents {kind} ({ft.shape[1]})"
+            rows.append((f"linear: {name}", label, probe.val_top1, probe.train_top1, seconds + encode_seconds,
+                         f"{describe(run_config)}; L2 {probe.weight_decay:g}"))
+            rows.append((f"k-NN: {name}", label, knn_accuracy(ft, train.labels, fv, val.labels, classes), None,
+                         0.0, f"latents {d}x{h}x{w}"))
+
+    width = max(len(r[0]) for r in rows)
+    fwidth = max(len(r[1]) for r in rows)
+    print(f"\n{'classifier':<{width}}  {'features':<{fwidth}}  {'val top-1':>9}  {'train':>6}  {'seconds':>7}  notes")
+    for name, features, val_top1, train_top1, seconds, notes in rows:
+        train_text = f"{100 * train_top1:5.1f}%" if train_top1 is not None else "     -"
+        print(f"{name:<{width}}  {features:<{fwidth}}  {100 * val_top1:8.1f}%  {train_text:>6}  {seconds:7.1f}  {notes}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,229 @@
+"""How learnable the embedded labelled task is: a small supervised CNN and raw-pixel baselines.
+
+The labelled split of the embedded dataset (``synthetic.write_labelled_folder``) is only a
+useful yardstick for tokenizers if it sits between two bounds:
+
+* **learnable**: a small CNN trained from scratch on the split reaches a high accuracy,
+  so the labels are visible in the pixels;
+* **not a template**: a linear classifier on raw pixels stays low, so a probe needs a
+  representation (position, colour and background must be factored out).
+
+A tokenizer's linear probe on its bottleneck latents should land between them. This module
+holds the three references (``train_cnn``, ``linear_probe``, ``knn_accuracy``) and the
+helpers that load a split as tensors; ``benchmarks/embedded_task.py`` prints them as a table.
+Everything is seeded and runs on CPU in minutes.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from vtp_kedro.vtp.data.imagefolder import LabelledImageFolder
+from vtp_kedro.vtp.data.synthetic import SHAPES, SyntheticConfig, encode_jpeg, render_sample
+
+
+@dataclass(frozen=True)
+class LabelledSplit:
+    """A split as tensors: ``images`` uint8 ``(N, 3, H, W)``, ``labels`` int64 ``(N,)``, class names."""
+
+    images: Tensor
+    labels: Tensor
+    classes: tuple[str, ...]
+
+    @property
+    def chance(self) -> float:
+        """Top-1 of always answering the most frequent class: ``max_c n_c / N``."""
+        return float(torch.bincount(self.labels, minlength=len(self.classes)).max()) / len(self.labels)
+
+
+def _to_tensor(image: Image.Image) -> Tensor:
+    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+def load_labelled_split(root: str | Path, split: str) -> LabelledSplit:
+    """Read ``root/<split>/<class>/*`` (an ImageNet-style folder) into memory."""
+    folder = LabelledImageFolder(root, split)
+    images, labels = [], []
+    for index in range(len(folder)):
+        image, label = folder[index]
+        images.append(_to_tensor(image))
+        labels.append(label)
+    return LabelledSplit(torch.stack(images), torch.tensor(labels, dtype=torch.int64), tuple(folder.classes))
+
+
+def render_labelled_split(config: SyntheticConfig, split: str, per_class: int) -> LabelledSplit:
+    """The images ``write_labelled_folder`` would write for ``split``, decoded from the same JPEG bytes."""
+    images, labels = [], []
+    for label, shape in enumerate(SHAPES):
+        for index in range(per_class):
+            jpeg = encode_jpeg(render_sample(config, split, index, main_shape=shape).image)
+            images.append(_to_tensor(Image.open(io.BytesIO(jpeg))))
+            labels.append(label)
+    return LabelledSplit(torch.stack(images), torch.tensor(labels, dtype=torch.int64), SHAPES)
+
+
+def pixel_features(images: Tensor) -> Tensor:
+    """Raw pixels as vectors in [0, 1]: ``(N, 3 * H * W)``."""
+    return images.reshape(images.shape[0], -1).float() / 255.0
+
+
+# ---- the supervised CNN ----------------------------------------------------------------------
+
+
+class SmallCNN(nn.Module):
+    """Three conv blocks (3x3 conv, BatchNorm, ReLU, 2x2 max-pool), global average pool, linear head.
+
+    Channel widths ``width * (1, 2, 4)``. Global average pooling makes it blind to where the
+    object sits, which the embedded task needs (objects roam a 3x3 grid).
+    """
+
+    def __init__(self, classes: int, width: int = 32) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = 3
+        for multiple in (1, 2, 4):
+            out = width * multiple
+            layers += [nn.Conv2d(channels, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True),
+                       nn.MaxPool2d(2)]
+            channels = out
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(channels, classes)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.head(self.features(images).mean(dim=(2, 3)))
+
+
+@dataclass(frozen=True)
+class CNNResult:
+    val_top1: float
+    train_top1: float
+    seconds: float
+    epochs: int
+
+
+def _standardize(images: Tensor) -> Tensor:
+    x = images.float() / 255.0
+    return (x - 0.5) / 0.25
+
+
+def train_cnn(train: LabelledSplit, val: LabelledSplit, *, epochs: int = 20, batch_size: int = 64, lr: float = 3e-3,
+              weight_decay: float = 0.05, width: int = 32, seed: int = 0) -> CNNResult:
+    """Train ``SmallCNN`` from scratch with AdamW, a one-cycle cosine schedule and random horizontal flips.
+
+    The learning rate warms up linearly over the first 10% of steps, then follows
+    ``lr_t = lr * (1 + cos(pi * progress)) / 2``. Returns the final epoch's val top-1 (no early stopping).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = SmallCNN(len(train.classes), width=width)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    steps_per_epoch = math.ceil(len(train.labels) / batch_size)
+    total = epochs * steps_per_epoch
+    warmup = max(1, total // 10)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: (step + 1) / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup))),
+    )
+    x_train = _standardize(train.images)
+    start = time.perf_counter()
+    for _ in range(epochs):
+        model.train()
+        order = torch.randperm(len(train.labels), generator=generator)
+        for first in range(0, len(order), batch_size):
+            index = order[first:first + batch_size]
+            x, y = x_train[index], train.labels[index]
+            flip = torch.rand(len(index), generator=generator) < 0.5
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+    seconds = time.perf_counter() - start
+    return CNNResult(
+        val_top1=_cnn_accuracy(model, val), train_top1=_cnn_accuracy(model, train), seconds=seconds, epochs=epochs,
+    )
+
+
+@torch.no_grad()
+def _cnn_accuracy(model: nn.Module, split: LabelledSplit, batch_size: int = 256) -> float:
+    model.eval()
+    correct = 0
+    for first in range(0, len(split.labels), batch_size):
+        logits = model(_standardize(split.images[first:first + batch_size]))
+        correct += int((logits.argmax(1) == split.labels[first:first + batch_size]).sum())
+    return correct / len(split.labels)
+
+
+# ---- linear probe and k-NN on frozen features -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    val_top1: float
+    train_top1: float
+    weight_decay: float
+
+
+def linear_probe(train_x: Tensor, train_y: Tensor, val_x: Tensor, val_y: Tensor, classes: int, *,
+                 weight_decays: tuple[float, ...] = (1e-1, 1e-2, 1e-3, 1e-4), max_iter: int = 100) -> ProbeResult:
+    """Multinomial logistic regression on standardised frozen features, the best of an L2 sweep.
+
+    Features are standardised with the train split's per-dimension mean and std. For each
+    ``lambda`` in ``weight_decays`` (strongest first, each fit warm-started from the previous
+    one), full-batch L-BFGS minimises ``mean_i CE(W x_i + b, y_i) + lambda / 2 * ||W||^2``.
+    The reported top-1 is the best on val, so it is an upper bound of what a linear readout of
+    these features reaches.
+    """
+    mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
+    xt, xv = (train_x - mean) / std, (val_x - mean) / std
+    linear = nn.Linear(xt.shape[1], classes)
+    nn.init.zeros_(linear.weight)
+    nn.init.zeros_(linear.bias)
+    best: ProbeResult | None = None
+    for weight_decay in sorted(weight_decays, reverse=True):
+        optimizer = torch.optim.LBFGS(linear.parameters(), lr=1.0, max_iter=max_iter, history_size=20,
+                                      line_search_fn="strong_wolfe", tolerance_grad=1e-6, tolerance_change=1e-9)
+
+        def closure() -> Tensor:
+            optimizer.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(linear(xt), train_y) + 0.5 * weight_decay * linear.weight.pow(2).sum()
+            loss.backward()
+            return loss
+
+        optimizer.step(closure)
+        with torch.no_grad():
+            result = ProbeResult(
+                val_top1=float((linear(xv).argmax(1) == val_y).float().mean()),
+                train_top1=float((linear(xt).argmax(1) == train_y).float().mean()),
+                weight_decay=weight_decay,
+            )
+        if best is None or result.val_top1 > best.val_top1:
+            best = result
+    if best is None:
+        raise ValueError("weight_decays is empty")
+    return best
+
+
+def knn_accuracy(train_x: Tensor, train_y: Tensor, val_x: Tensor, val_y: Tensor, classes: int, *, k: int = 20,
+                 temperature: float = 0.07) -> float:
+    """Weighted k-NN top-1 (DINO's): cosine similarity ``s`` of centred features, votes ``exp(s / T)`` of the k nearest."""
+    mean = train_x.mean(0)
+    xt = F.normalize(train_x - mean, dim=1)
+    xv = F.normalize(val_x - mean, dim=1)
+    correct = 0
+    for first in range(0, len(xv), 512):
+        similarity, index = (xv[first:first + 512] @ xt.T).topk(min(k, len(xt)), dim=1)
+        votes = torch.zeros(len(index), classes).scatter_add_(1, train_y[index], (similarity / temperature).exp())
+        correct += int((votes.argmax(1) == val_y[first:first + 512]).sum())
+    return correct / len(val_y)
