@@ -29,7 +29,7 @@ from vtp_kedro.vtp.losses.gan import adaptive_weight, generator_adversarial_loss
 from vtp_kedro.vtp.models.decoder_gan import DecoderGANConfig, DecoderGANModel
 from vtp_kedro.vtp.models.tokenizer import TokenizerConfig
 from vtp_kedro.vtp.train.decoder_gan import DecoderGANTask, DecoderGANTaskConfig, build_task
-from vtp_kedro.vtp.train.optim import OptimizerConfig, build_adamw
+from vtp_kedro.vtp.train.optim import OptimizerConfig
 from vtp_kedro.vtp.train.trainer import METRICS_LOG, Trainer, TrainerConfig
 
 CONF = Path(__file__).resolve().parents[1] / "conf/base"

@@ -12,12 +12,12 @@ chance level:
     task needs a representation, not a template (target <= 35%);
 (c) a weighted k-NN (k = 20) on raw pixels;
 (d) for each ``--tokenizer`` checkpoint, the same linear classifier and k-NN on its frozen
-    bottleneck latents ``z = tokenizer.encode(normalize(x))`` of shape ``(d, h, w)``, both
+    bottleneck latents ``z = tokenizer.encode(x)`` of shape ``(d, h, w)``, both
     average-pooled over ``(h, w)`` (``d`` features) and flattened (``d * h * w``).
 
-A tokenizer checkpoint is a folder with ``model.safetensors``: the catalog's
-``data/06_models/tokenizer`` (``config.json`` inside) or a run's
-``.../checkpoints/step_XXXXXXXX`` (the run's ``config.json`` two folders up). When ``--data``
+A tokenizer is any folder ``load_tokenizer`` opens: an inference folder
+(``data/06_models/pretrained_tokenizer``), the catalog's full checkpoint
+``data/06_models/tokenizer`` or a run's ``.../checkpoints/step_XXXXXXXX``. When ``--data``
 does not exist, the default split of ``conf/base/parameters_data_generation.yml`` is
 generated into a temporary folder first. Prints a table; asserts nothing.
 """
@@ -42,33 +42,25 @@ from vtp_kedro.vtp.data.embedded_task import (
     train_cnn,
 )
 from vtp_kedro.vtp.data.synthetic import SyntheticConfig, write_labelled_folder
-from vtp_kedro.vtp.models.tokenizer import TokenizerConfig, VisualTokenizer, normalize
-from vtp_kedro.vtp.train.checkpoint import MODEL_FILE, load_tensors
+from vtp_kedro.vtp.inference import Tokenizer, load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_PARAMS = ROOT / "conf/base/parameters_data_generation.yml"
 
 
-def tokenizer_from_checkpoint(folder: Path) -> tuple[VisualTokenizer, dict]:
-    """The ``VisualTokenizer`` of a tokenizer pre-training checkpoint folder, and its run config."""
+def run_config_of(folder: Path) -> dict | None:
+    """The resolved run config of a training checkpoint folder (None for an inference folder)."""
     for config_path in (folder / "config.json", folder.parent.parent / "config.json"):
-        if config_path.is_file():
-            break
-    else:
-        raise FileNotFoundError(f"no config.json in {folder} or {folder.parent.parent}")
-    config = json.loads(config_path.read_text())
-    tokenizer = VisualTokenizer(TokenizerConfig.model_validate(config["task"]["model"]["tokenizer"]))
-    state = load_tensors(folder / MODEL_FILE)
-    prefix = "tokenizer."
-    tokenizer.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
-    return tokenizer.eval(), config
+        if config_path.is_file() and "task" in (config := json.loads(config_path.read_text())):
+            return config
+    return None
 
 
 @torch.no_grad()
-def bottleneck_latents(tokenizer: VisualTokenizer, split: LabelledSplit, batch_size: int = 250) -> torch.Tensor:
+def bottleneck_latents(tokenizer: Tokenizer, split: LabelledSplit, batch_size: int = 250) -> torch.Tensor:
     """``(N, d, h, w)`` bottleneck latents of a split's images."""
     return torch.cat([
-        tokenizer.encode(normalize(split.images[i:i + batch_size].float() / 255.0))
+        tokenizer.encode(split.images[i:i + batch_size].float() / 255.0)
         for i in range(0, len(split.labels), batch_size)
     ])
 
@@ -79,7 +71,9 @@ def default_split(root: Path) -> Path:
     return root
 
 
-def describe(run_config: dict) -> str:
+def describe(run_config: dict | None) -> str:
+    if run_config is None:
+        return "inference folder"
     model = run_config["task"]["model"]
     budget = run_config["trainer"]["budget"]
     return f"{model['objective']}, budget {budget['value']:g} {budget['unit']}"
@@ -91,7 +85,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=12, help="CNN epochs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--tokenizer", type=Path, nargs="*", default=[], help="tokenizer checkpoint folders")
+    parser.add_argument("--tokenizer", type=Path, nargs="*", default=[], help="tokenizer folders (load_tokenizer)")
     parser.add_argument("--skip-cnn", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -121,7 +115,7 @@ def main() -> None:
                      f"{cnn.epochs} epochs from scratch"))
 
     for folder in args.tokenizer:
-        tokenizer, run_config = tokenizer_from_checkpoint(folder)
+        tokenizer, run_config = load_tokenizer(folder), run_config_of(folder)
         name = f"{folder.parent.parent.name}/{folder.name}" if folder.name.startswith("step_") else folder.name
         start = time.perf_counter()
         zt, zv = bottleneck_latents(tokenizer, train), bottleneck_latents(tokenizer, val)

@@ -13,7 +13,6 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from vtp_kedro.vtp.config import Config
-from vtp_kedro.vtp.data.preprocess import tokenize
 
 BPE_VOCAB_SIZE = 49408  # open_clip's bundled bpe_simple_vocab_16e6 plus <start_of_text>, <end_of_text>
 

@@ -480,7 +480,7 @@ class Trainer:
 
     def _train_step(self) -> tuple[dict[str, Tensor], dict[str, Tensor], bool, int, float]:
         """One step of every optimizer; returns (terms, grad norm per optimizer, all applied, samples, FLOPs)."""
-        cfg, step, accumulation = self.config, self.step, self.config.accumulation_steps
+        step, accumulation = self.step, self.config.accumulation_steps
         batches = [self._next_batch() for _ in range(accumulation)]
         samples = sum(batch_size(batch) for batch in batches)
         flops = sum(self.task.flops_per_step(batch) or 0.0 for batch in batches)
