@@ -105,3 +105,12 @@ def test_stats_are_per_channel_over_the_first_training_latents(image_root, token
     assert not torch.equal(everything["mean"], stats["mean"])
     with pytest.raises(FileNotFoundError, match="no latent statistics"):
         load_latent_stats(tmp_path / "train")
+
+
+def test_shards_of_another_tokenizer_are_not_reused(image_root, tokenizer, tmp_path):
+    extract_latents(tokenizer, image_root, tmp_path, config(splits=("val",)), identity={"tokenizer": "a"})
+    same = extract_latents(tokenizer, image_root, tmp_path, config(splits=("val",)), identity={"tokenizer": "a"})
+    assert same["splits"]["val"]["written"] == 0
+    other = extract_latents(tokenizer, image_root, tmp_path, config(splits=("val",)), identity={"tokenizer": "b"})
+    assert other["splits"]["val"]["written"] == 1
+    assert json.loads((tmp_path / "extraction.json").read_text())["identity"]["tokenizer"] == "b"

@@ -23,13 +23,17 @@ class FolderDataset(AbstractDataset[FolderWriter, Path]):
     Lazy writing (as kedro-datasets' ``PartitionedDataset`` does with callables) keeps
     large outputs streaming to disk instead of passing through memory.
 
+    With ``atomic: false`` the writer fills the folder in place instead: for resumable
+    outputs (latent shards) whose writer skips finished parts and writes each part atomically.
+
     ``load`` returns the folder's path; readers (``expand_urls``, ``LabelledImageFolder``)
     turn it into samples. It does not require the folder to exist, so that a node may
     fall back to another source; the readers fail with a message naming the path.
     """
 
-    def __init__(self, path: str, metadata: dict[str, Any] | None = None) -> None:
+    def __init__(self, path: str, atomic: bool = True, metadata: dict[str, Any] | None = None) -> None:
         self._path = Path(path)
+        self._atomic = atomic
         self.metadata = metadata
 
     def _load(self) -> Path:
@@ -41,6 +45,10 @@ class FolderDataset(AbstractDataset[FolderWriter, Path]):
                 f"FolderDataset '{self._path}' saves a writer function (Path -> None), "
                 f"got {type(data).__name__}"
             )
+        if not self._atomic:
+            self._path.mkdir(parents=True, exist_ok=True)
+            data(self._path)
+            return
         with atomic_path(self._path) as tmp:
             tmp.mkdir(parents=True)
             data(tmp)
@@ -49,4 +57,4 @@ class FolderDataset(AbstractDataset[FolderWriter, Path]):
         return self._path.is_dir()
 
     def _describe(self) -> dict[str, Any]:
-        return {"path": str(self._path)}
+        return {"path": str(self._path), "atomic": self._atomic}

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 CLASSES_FILE = "classes.json"
 STATS_FILE = "stats.safetensors"
+EXTRACTION_FILE = "extraction.json"  # what made the shards (identity) and the counts
 SHARD_PATTERN = "shard_{:05d}.safetensors"
 
 
@@ -85,13 +86,21 @@ def _progress(total: int, description: str) -> tqdm:
 
 @torch.no_grad()
 def extract_latents(tokenizer: Any, image_root: str | Path, output_dir: str | Path, config: LatentExtractionConfig,
-                    rank: int = 0, world_size: int = 1) -> dict[str, Any]:
+                    rank: int = 0, world_size: int = 1, identity: dict[str, Any] | None = None) -> dict[str, Any]:
     """Encode ``image_root``'s splits into ``output_dir`` (module docstring); returns counts and timings.
 
     ``tokenizer`` is a ``vtp.inference.Tokenizer`` (``encode`` on [0, 1] images) on its device.
+    ``identity`` (e.g. the tokenizer's content digest, the image folder and the config) is kept in
+    ``extraction.json``: shards left by an extraction of another identity are deleted, not reused.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    identity = {"config": config.model_dump(mode="json"), **(identity or {})}
+    record_path = output_dir / EXTRACTION_FILE
+    previous = json.loads(record_path.read_text()).get("identity") if record_path.is_file() else None
+    if previous != identity:
+        for stale in output_dir.glob("*/shard_*.safetensors"):
+            stale.unlink()
     device = next(tokenizer.parameters()).device
     summary: dict[str, Any] = {"splits": {}}
     classes = None
@@ -133,6 +142,8 @@ def extract_latents(tokenizer: Any, image_root: str | Path, output_dir: str | Pa
         with atomic_path(output_dir / STATS_FILE) as tmp:
             save_latent_stats(stats, tmp)
     summary.update(record)
+    with atomic_path(record_path) as tmp:  # no timings here: equal latents must give an equal folder
+        tmp.write_text(json.dumps({"identity": identity, **record}, indent=2, sort_keys=True) + "\n")
     return summary
 
 
@@ -188,3 +199,228 @@ def load_latent_stats(latent_dir: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"no latent statistics {path}: run latent_extraction on a split named 'train'")
     return load_tensors(path)
+
+
+# --- the latent stream the DiT trains on -------------------------------------------------------
+# SeedSequence domain tags, so that the shard order, the row order and the flips never share entropy.
+_LATENT_SHARD_ORDER, _LATENT_ROW_ORDER, _LATENT_FLIPS = 0, 1, 2
+_FLIP_REPLAY_CHUNK = 1 << 20  # flip draws replayed per call on resume: bounds the memory a resume takes
+
+
+class LatentDataConfig(Config):
+    """Which latent shards one rank's DiT batches come from, and how they are ordered and flipped."""
+
+    latents: str = Field(min_length=1, description="a latent folder written by extract_latents")
+    split: str = Field("train", min_length=1, description="the sub-folder of shards to read")
+    batch_size: int = Field(gt=0, description="samples per batch on each rank")
+    seed: int = Field(0, ge=0, description="of the shard order, the row order and the flips")
+    flip_probability: float = Field(0.5, ge=0.0, le=1.0,
+                                    description="probability of taking an image's latents_flip instead of its latents")
+    shuffle: bool = Field(True, description="permute shards and rows each epoch; False: file order (flips still drawn)")
+
+
+def _read_latent_shard(path: Path) -> dict[str, torch.Tensor]:
+    """One shard's ``latents``, ``latents_flip`` and ``labels`` in memory (the stream's only full read)."""
+    tensors = load_tensors(path)
+    return {"latents": tensors["latents"].float(), "latents_flip": tensors["latents_flip"].float(),
+            "labels": tensors["labels"].long()}
+
+
+def _shard_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """The shapes of a shard's tensors, read from its header: no tensor data is loaded."""
+    with safe_open(str(path), framework="pt") as handle:
+        aliases = json.loads((handle.metadata() or {}).get("aliases", "{}"))
+        names = set(handle.keys()) | set(aliases)
+        missing = {"latents", "latents_flip", "labels"} - names
+        if missing:
+            raise ValueError(f"latent shard {path} lacks {sorted(missing)}: not written by extract_latents?")
+        return {name: tuple(handle.get_slice(aliases.get(name, name)).get_shape())
+                for name in ("latents", "latents_flip", "labels")}
+
+
+class LatentDataStream:
+    """One rank's batches of latents for DiT training, one epoch per ``iter()``, resumable mid-epoch.
+
+    Batches are ``{"latents": (B, C, h, w) float32, "labels": (B,) int64}``. Each item is its
+    image's ``latents`` or, with probability ``flip_probability``, its ``latents_flip`` (the
+    encoded left-right flip: LightningDiT's random flip, done at extraction). Latents are raw;
+    normalising them with ``load_latent_stats`` is the DiT task's job.
+
+    Order. Shards are the split's ``shard_*.safetensors`` in name order, ``i`` a shard's index in
+    that list. Epoch ``e`` permutes the list with ``(seed, e)``; rank ``r`` takes
+    ``order[r::world_size]``, and its epoch stream is those shards' rows, each shard's rows
+    permuted with ``(seed, e, i)``. Batches are consecutive ``batch_size`` rows of that stream,
+    so a batch may span two shards; the rows after the last full batch are dropped (each rank
+    drops its own tail, fewer than ``batch_size`` rows per epoch). Row ``k`` of the stream is
+    flipped when ``u_k < flip_probability``, ``u`` the uniform draws of a generator seeded with
+    ``(seed, e, r)``, one per row in stream order: ``p = 0`` never flips, ``p = 1`` always does.
+    ``shuffle=False`` keeps shards and rows in file order. With ``world_size > 1`` a rank's rows
+    per epoch, hence its steps per epoch, vary with the shards the permutation deals it.
+
+    Memory. Row counts come from the shards' headers; a shard is read when its first row is
+    needed and released before the next one is read, so at most one shard (plus one batch) is in
+    memory, whatever the split's size. The read happens in the consuming thread: a shard
+    boundary costs one shard's read time.
+
+    Resuming. ``state_dict()`` is ``{"epoch": e, "position": rows of this rank's epoch stream
+    already yielded}``; after the last full batch of an epoch it is ``{"epoch": e + 1,
+    "position": 0}``. ``load_state_dict`` moves there: the next ``iter()`` skips whole shards by
+    their row counts without reading them, starts inside the shard that holds the position, and
+    replays the flip draws of the skipped rows in bulk, so the next batch equals the one an
+    uninterrupted stream would have produced. The position counts rows, not batches, so a resume
+    with another ``batch_size`` continues at the same row. Seed, world size and the shards must
+    be those of the saving run; the state cannot tell (only a position beyond this rank's rows
+    fails). Under DDP save each rank's ``state_dict()`` and load it on that rank.
+    """
+
+    def __init__(self, config: LatentDataConfig, rank: int = 0, world_size: int = 1) -> None:
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        self.config, self.rank, self.world_size = config, rank, world_size
+        root = Path(config.latents)
+        if not root.is_dir():
+            raise FileNotFoundError(f"latent folder {root} does not exist: run latent extraction first")
+        self.split_dir = root / config.split
+        self.paths = sorted(self.split_dir.glob("shard_*.safetensors"))
+        if not self.paths:
+            raise FileNotFoundError(f"no latent shards (shard_*.safetensors) in {self.split_dir}")
+        self.rows: list[int] = []
+        shape: tuple[int, ...] | None = None
+        for path in self.paths:
+            shapes = _shard_shapes(path)
+            (rows,) = shapes["labels"]
+            if shapes["latents"][:1] != (rows,) or shapes["latents_flip"] != shapes["latents"]:
+                raise ValueError(f"latent shard {path} has latents {shapes['latents']}, latents_flip "
+                                 f"{shapes['latents_flip']} and labels {shapes['labels']}: they must agree")
+            if shape is not None and shapes["latents"][1:] != shape:
+                raise ValueError(f"latent shard {path} holds latents of shape {shapes['latents'][1:]}, "
+                                 f"but {self.paths[0]} holds {shape}")
+            shape = shapes["latents"][1:]
+            self.rows.append(rows)
+        self.latent_shape: tuple[int, ...] = shape
+        if self.num_samples == 0:
+            raise ValueError(f"the latent shards in {self.split_dir} hold no rows")
+        if len(self.paths) < world_size:
+            raise ValueError(f"{self.split_dir} holds {len(self.paths)} latent shards, fewer than world_size "
+                             f"({world_size}): rank {world_size - 1} would get none; write smaller shards")
+        # Every epoch must give each rank a batch, or iter() would yield nothing and the trainer stop.
+        fewest = self._rank_rows(self._rank_shards(0)) if not config.shuffle else sum(
+            sorted(self.rows)[: len(self.paths) // world_size])
+        if fewest < config.batch_size:
+            raise ValueError(f"rank {rank} of {world_size} may get only {fewest} rows of {self.split_dir} in an "
+                             f"epoch, fewer than batch_size ({config.batch_size})")
+        self._epoch = 0
+        self._position = 0
+        self._generation = 0
+
+    # -- sizes ---------------------------------------------------------------------------
+    @property
+    def num_samples(self) -> int:
+        """Rows of the split, all ranks together."""
+        return sum(self.rows)
+
+    def rows_in_epoch(self, epoch: int | None = None) -> int:
+        """Rows this rank's stream holds in ``epoch`` (default: the current one), the dropped tail included."""
+        return self._rank_rows(self._rank_shards(self._epoch if epoch is None else epoch))
+
+    def steps_per_epoch(self, epoch: int | None = None) -> int:
+        """Batches this rank yields in ``epoch`` (default: the current one); constant when world_size is 1."""
+        return self.rows_in_epoch(epoch) // self.config.batch_size
+
+    # -- order ---------------------------------------------------------------------------
+    def _rank_shards(self, epoch: int) -> list[int]:
+        """Indices (into ``paths``) of this rank's shards in ``epoch``, in stream order."""
+        if self.config.shuffle:
+            order = np.random.default_rng([self.config.seed, _LATENT_SHARD_ORDER, epoch]).permutation(len(self.paths))
+        else:
+            order = np.arange(len(self.paths))
+        return [int(i) for i in order[self.rank::self.world_size]]
+
+    def _rank_rows(self, shards: list[int]) -> int:
+        return sum(self.rows[i] for i in shards)
+
+    def _row_order(self, epoch: int, shard: int) -> np.ndarray:
+        rows = self.rows[shard]
+        if not self.config.shuffle:
+            return np.arange(rows)
+        return np.random.default_rng([self.config.seed, _LATENT_ROW_ORDER, epoch, shard]).permutation(rows)
+
+    # -- iteration -----------------------------------------------------------------------
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        self._generation += 1
+        return self._iterate(self._generation)
+
+    def _iterate(self, generation: int) -> Iterator[dict[str, torch.Tensor]]:
+        epoch, position = self._epoch, self._position
+        batch_size, probability = self.config.batch_size, self.config.flip_probability
+        shards = self._rank_shards(epoch)
+        end = self._epoch_end(epoch, position)  # rows from here on are the dropped tail
+        if end <= position:
+            raise RuntimeError(f"rank {self.rank} has no full batch left in epoch {epoch} at row {position}")
+        flips = np.random.default_rng([self.config.seed, _LATENT_FLIPS, epoch, self.rank])
+        for done in range(0, position, _FLIP_REPLAY_CHUNK):  # the skipped rows' draws, discarded
+            flips.random(min(_FLIP_REPLAY_CHUNK, position - done))
+        pieces: list[tuple[torch.Tensor, torch.Tensor]] = []
+        pending = 0  # rows in pieces
+        shard_start = 0  # stream row of the current shard's first row
+        for index in shards:
+            rows = self.rows[index]
+            first, last = max(position - shard_start, 0), min(rows, end - shard_start)
+            shard_start += rows
+            if first >= last:
+                if shard_start >= end:
+                    break  # only the dropped tail is left: its shards are never read
+                continue  # yielded before the resume: skipped by its row count, never read
+            order = torch.from_numpy(self._row_order(epoch, index)[first:last])
+            flipped = torch.from_numpy(flips.random(last - first) < probability)
+            shard = _read_latent_shard(self.paths[index])
+            cursor = 0
+            while cursor < len(order):
+                take = min(batch_size - pending, len(order) - cursor)
+                rows_taken, flip_taken = order[cursor:cursor + take], flipped[cursor:cursor + take]
+                latents = shard["latents"][rows_taken]  # an indexed copy: no view keeps the shard alive
+                if flip_taken.any():
+                    latents[flip_taken] = shard["latents_flip"][rows_taken[flip_taken]]
+                pieces.append((latents, shard["labels"][rows_taken]))
+                pending += take
+                cursor += take
+                if pending == batch_size:
+                    if generation != self._generation:
+                        raise RuntimeError("this latent iterator was superseded by a newer iter() or "
+                                           "load_state_dict()")
+                    batch = {"latents": torch.cat([p[0] for p in pieces]),
+                             "labels": torch.cat([p[1] for p in pieces])}
+                    pieces, pending = [], 0
+                    position += batch_size
+                    # The state after this batch; past the last full batch it is the next epoch's start.
+                    self._epoch, self._position = (epoch + 1, 0) if position >= end else (epoch, position)
+                    yield batch
+            shard = None  # released before the next shard is read: one shard in memory at a time
+
+    def _epoch_end(self, epoch: int, position: int) -> int:
+        """The stream row where ``epoch``'s last full batch from ``position`` ends."""
+        total = self.rows_in_epoch(epoch)
+        return total - (total - position) % self.config.batch_size if position <= total else position
+
+    # -- state ---------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, int]:
+        """The position after the last batch yielded: ``{"epoch", "position"}`` (rows of this rank's epoch)."""
+        return {"epoch": self._epoch, "position": self._position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a saved position: the next ``iter()`` yields what the saving stream would have."""
+        missing = {"epoch", "position"} - set(state)
+        if missing:
+            raise ValueError(f"latent data state lacks {sorted(missing)}; expected a LatentDataStream.state_dict()")
+        epoch, position = state["epoch"], state["position"]
+        if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in (epoch, position)):
+            raise ValueError(f"latent data state epoch and position must be ints >= 0, got {dict(state)!r}")
+        total = self.rows_in_epoch(epoch)
+        if position > total:
+            raise ValueError(f"cannot resume rank {self.rank}: the saved position is row {position} of epoch "
+                             f"{epoch}, but its shards of {self.split_dir} hold {total} rows then; did the "
+                             f"shards, the seed or the world size change since the state was saved?")
+        if self._epoch_end(epoch, position) <= position:  # only a dropped tail left: the next epoch
+            epoch, position = epoch + 1, 0
+        self._epoch, self._position = epoch, position
+        self._generation += 1
