@@ -1,0 +1,23 @@
+from kedro.pipeline import Pipeline, node, pipeline
+
+from vtp_kedro.pipelines.dit_training.nodes import plot_dit_curves, sample_dit, train_dit
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return pipeline(
+        [
+            node(
+                train_dit,
+                inputs=["latents", "params:dit_training"],
+                outputs=["dit_checkpoint", "dit_training_log"],
+                name="train_dit",
+            ),
+            node(plot_dit_curves, inputs="dit_training_log", outputs="dit_training_curves", name="plot_dit_curves"),
+            node(
+                sample_dit,
+                inputs=["dit_checkpoint", "gan_tokenizer", "latents", "params:dit_training"],
+                outputs=["dit_samples", "dit_sample_grid"],
+                name="sample_dit",
+            ),
+        ]
+    )

@@ -1,0 +1,52 @@
+"""Nodes of the latent_extraction pipeline: a thin call into ``vtp.data.latents``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import torch
+from pydantic import Field
+
+from vtp_kedro.datasets.folder import FolderWriter
+from vtp_kedro.vtp.config import Config
+from vtp_kedro.vtp.data.latents import LatentExtractionConfig, extract_latents
+from vtp_kedro.vtp.inference import load_tokenizer
+from vtp_kedro.vtp.train.distributed import DeviceKind, resolve_device
+from vtp_kedro.vtp.train.runs import folder_digest
+
+
+class ExtractionParams(LatentExtractionConfig):
+    image_size: int | None = Field(None, gt=0, description="None: the size the tokenizer was trained at")
+
+
+class LatentExtractionParams(Config):
+    # null: the embedded labelled split (catalog entry raw_labelled_images); else any ImageNet-style
+    # folder with train/<class>/* and val/<class>/* (class names from the folder names, sorted).
+    image_root: str | None = None
+    tokenizer: str | None = None  # null: the decoder_gan output (gan_tokenizer); else any tokenizer folder
+    extraction: ExtractionParams
+    device: DeviceKind = "auto"
+
+
+def encode_labelled_images(gan_tokenizer: Path, raw_labelled_images: Path,
+                           params: LatentExtractionParams) -> FolderWriter:
+    """The writer of the latent folder: finished shards are kept, so a killed extraction resumes."""
+    tokenizer_path = Path(params.tokenizer or gan_tokenizer)
+    image_root = Path(params.image_root or raw_labelled_images)
+    tokenizer = load_tokenizer(tokenizer_path, resolve_device(params.device))  # a wrong folder fails now
+    config = LatentExtractionConfig(**{**params.extraction.model_dump(),
+                                       "image_size": params.extraction.image_size or tokenizer.image_size})
+    identity = {"tokenizer": folder_digest(tokenizer_path), "image_root": str(image_root.resolve())}
+
+    def write(folder: Path) -> None:
+        with torch.inference_mode():
+            summary = extract_latents(tokenizer, image_root, folder, config, identity=identity)
+        if mlflow.active_run() is not None:
+            metrics = {f"latent_extraction.{split}.{key}": float(value)
+                       for split, counts in summary["splits"].items() for key, value in counts.items()}
+            metrics |= {f"latent_extraction.{split}.images_per_s": counts["images"] / max(counts["seconds"], 1e-9)
+                        for split, counts in summary["splits"].items() if counts["written"]}
+            mlflow.log_metrics(metrics)
+
+    return write
