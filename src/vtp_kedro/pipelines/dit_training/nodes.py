@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ class DiTArchitecture(Config):
     depth: int = Field(gt=0)
     heads: int = Field(gt=0)
     patch_size: int = Field(1, gt=0)
-    norm: str = "rmsnorm"
+    norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
     qk_norm: bool = False
     rope: bool = True
     mlp_ratio: float = 4.0
@@ -53,7 +53,7 @@ class LatentStreamParams(Config):
 class SamplingParams(SamplerConfig):
     num_samples: int = Field(100, gt=0)
     batch_size: int = Field(100, gt=0)
-    labels: str = Field("balanced", pattern="^(balanced|random)$", description="equal per class, or random")
+    labels: Literal["balanced", "random"] = Field("balanced", description="equal per class, or random")
     grid_per_class: int = Field(8, gt=0, description="samples per class in the grid PNG")
     device: DeviceKind = "auto"
 
