@@ -12,8 +12,9 @@ chance level:
     task needs a representation, not a template (target <= 35%);
 (c) a weighted k-NN (k = 20) on raw pixels;
 (d) for each ``--tokenizer`` checkpoint, the same linear classifier and k-NN on its frozen
-    bottleneck latents ``z = tokenizer.encode(x)`` of shape ``(d, h, w)``, both
-    average-pooled over ``(h, w)`` (``d`` features) and flattened (``d * h * w``).
+    bottleneck latents ``z = tokenizer.encode(x)`` of shape ``(d, h, w)``,
+    average-pooled over ``(h, w)`` (``d`` features) and flattened (``d * h * w``), and on the
+    bottleneck of its CLS token (``d``, what the CLIP and DINO heads read).
 
 A tokenizer is any folder ``load_tokenizer`` opens: an inference folder
 (``data/06_models/pretrained_tokenizer``), the catalog's full checkpoint
@@ -42,6 +43,7 @@ from vtp_kedro.vtp.data.embedded_task import (
     train_cnn,
 )
 from vtp_kedro.vtp.data.synthetic import SyntheticConfig, write_labelled_folder
+from vtp_kedro.vtp.data.preprocess import normalize
 from vtp_kedro.vtp.inference import Tokenizer, load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,12 +59,20 @@ def run_config_of(folder: Path) -> dict | None:
 
 
 @torch.no_grad()
-def bottleneck_latents(tokenizer: Tokenizer, split: LabelledSplit, batch_size: int = 250) -> torch.Tensor:
-    """``(N, d, h, w)`` bottleneck latents of a split's images."""
-    return torch.cat([
-        tokenizer.encode(split.images[i:i + batch_size].float() / 255.0)
-        for i in range(0, len(split.labels), batch_size)
-    ])
+def bottleneck_features(tokenizer: Tokenizer, split: LabelledSplit, batch_size: int = 250) -> dict[str, torch.Tensor]:
+    """A split's bottleneck latents as probe features, ``z`` = ``tokenizer.encode`` of shape ``(N, d, h, w)``:
+
+    ``pooled`` = mean of ``z`` over ``(h, w)`` (``d``), ``flat`` = ``z`` flattened (``d * h * w``) and
+    ``cls`` = the bottleneck of the CLS token (``d``), which the CLIP and DINO heads read when
+    ``semantic_features: bottleneck`` (an autoencoder never trains it).
+    """
+    latents, cls = [], []
+    for i in range(0, len(split.labels), batch_size):
+        features = tokenizer.net.forward_features(normalize(split.images[i:i + batch_size].float() / 255.0))
+        latents.append(features.latent())
+        cls.append(features.latent_tokens[:, 0])
+    z = torch.cat(latents)
+    return {"pooled": z.mean((2, 3)), "flat": z.flatten(1), "cls": torch.cat(cls)}
 
 
 def default_split(root: Path) -> Path:
@@ -86,7 +96,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tokenizer", type=Path, nargs="*", default=[], help="tokenizer folders (load_tokenizer)")
-    parser.add_argument("--skip-cnn", action="store_true")
+    parser.add_argument("--skip-cnn", action="store_true", help="do not train the CNN")
+    parser.add_argument("--skip-pixels", action="store_true", help="no raw-pixel linear classifier and k-NN")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -101,14 +112,15 @@ def main() -> None:
     rows: list[tuple[str, str, float, float | None, float, str]] = []
     rows.append(("chance", "-", val.chance, None, 0.0, "most frequent class"))
 
-    xt, xv = pixel_features(train.images), pixel_features(val.images)
-    start = time.perf_counter()
-    probe = linear_probe(xt, train.labels, xv, val.labels, classes)
-    rows.append(("linear", f"raw pixels ({xt.shape[1]})", probe.val_top1, probe.train_top1,
-                 time.perf_counter() - start, f"L2 {probe.weight_decay:g}"))
-    start = time.perf_counter()
-    rows.append(("k-NN k=20", f"raw pixels ({xt.shape[1]})", knn_accuracy(xt, train.labels, xv, val.labels, classes),
-                 None, time.perf_counter() - start, "cosine, centred"))
+    if not args.skip_pixels:
+        xt, xv = pixel_features(train.images), pixel_features(val.images)
+        start = time.perf_counter()
+        probe = linear_probe(xt, train.labels, xv, val.labels, classes)
+        rows.append(("linear", f"raw pixels ({xt.shape[1]})", probe.val_top1, probe.train_top1,
+                     time.perf_counter() - start, f"L2 {probe.weight_decay:g}"))
+        start = time.perf_counter()
+        rows.append(("k-NN k=20", f"raw pixels ({xt.shape[1]})", knn_accuracy(xt, train.labels, xv, val.labels, classes),
+                     None, time.perf_counter() - start, "cosine, centred"))
     if not args.skip_cnn:
         cnn = train_cnn(train, val, epochs=args.epochs, seed=args.seed)
         rows.append(("small CNN (supervised)", "pixels", cnn.val_top1, cnn.train_top1, cnn.seconds,
@@ -118,18 +130,17 @@ def main() -> None:
         tokenizer, run_config = load_tokenizer(folder), run_config_of(folder)
         name = f"{folder.parent.parent.name}/{folder.name}" if folder.name.startswith("step_") else folder.name
         start = time.perf_counter()
-        zt, zv = bottleneck_latents(tokenizer, train), bottleneck_latents(tokenizer, val)
+        ft, fv = bottleneck_features(tokenizer, train), bottleneck_features(tokenizer, val)
         encode_seconds = time.perf_counter() - start
-        d, h, w = zt.shape[1:]
-        for kind, ft, fv in (("pooled", zt.mean((2, 3)), zv.mean((2, 3))), ("flat", zt.flatten(1), zv.flatten(1))):
+        for kind in ("pooled", "flat", "cls"):
             start = time.perf_counter()
-            probe = linear_probe(ft, train.labels, fv, val.labels, classes)
-            seconds = time.perf_counter() - start
-            label = f"latents {kind} ({ft.shape[1]})"
-            rows.append((f"linear: {name}", label, probe.val_top1, probe.train_top1, seconds + encode_seconds,
+            probe = linear_probe(ft[kind], train.labels, fv[kind], val.labels, classes)
+            seconds = time.perf_counter() - start + (encode_seconds if kind == "pooled" else 0.0)
+            label = f"bottleneck {kind} ({ft[kind].shape[1]})"
+            rows.append((f"linear: {name}", label, probe.val_top1, probe.train_top1, seconds,
                          f"{describe(run_config)}; L2 {probe.weight_decay:g}"))
-            rows.append((f"k-NN: {name}", label, knn_accuracy(ft, train.labels, fv, val.labels, classes), None,
-                         0.0, f"latents {d}x{h}x{w}"))
+            rows.append((f"k-NN: {name}", label, knn_accuracy(ft[kind], train.labels, fv[kind], val.labels, classes),
+                         None, 0.0, ""))
 
     width = max(len(r[0]) for r in rows)
     fwidth = max(len(r[1]) for r in rows)
