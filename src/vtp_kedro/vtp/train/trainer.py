@@ -540,9 +540,10 @@ class Trainer:
             return
         self.nonfinite_total += 1
         self.nonfinite_consecutive += 1
-        details = ", ".join(f"{name}: grad norm {norms[name].item():.4g}" for name in skipped)
-        message = (f"step {self.step}: non-finite loss or gradient ({details}, loss {terms['loss'].item():.4g}); "
-                   f"step of {skipped} skipped ({self.nonfinite_consecutive} in a row, {self.nonfinite_total} in total)")
+        norms_text = ", ".join(f"{norms[name].item():.4g} ({name})" for name in skipped)
+        message = (f"step {self.step}: non-finite loss {terms['loss'].item():.4g} or grad norm {norms_text}; "
+                   f"optimizer step of {skipped} skipped ({self.nonfinite_consecutive} in a row, "
+                   f"{self.nonfinite_total} in total)")
         if self.nonfinite_consecutive >= self.config.max_consecutive_nonfinite:
             last = ckpt.latest_checkpoint(self.checkpoint_dir)
             raise RuntimeError(f"{message}; stopping after max_consecutive_nonfinite="
