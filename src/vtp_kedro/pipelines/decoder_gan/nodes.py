@@ -21,7 +21,7 @@ from vtp_kedro.vtp.data.shards import expand_urls
 from vtp_kedro.vtp.inference import load_tokenizer, tokenizer_source, tokenizer_state, write_tokenizer_files
 from vtp_kedro.vtp.losses.gan import GANLossConfig
 from vtp_kedro.vtp.losses.reconstruction import ReconstructionLossConfig
-from vtp_kedro.vtp.metrics.reconstruction import measure_reconstruction, plot_reconstruction_grid
+from vtp_kedro.vtp.metrics.reconstruction import measure_reconstruction, plot_image_grid
 from vtp_kedro.vtp.models.decoder_gan import DecoderGANConfig
 from vtp_kedro.vtp.models.discriminator import DiscriminatorConfig
 from vtp_kedro.vtp.train.curves import plot_curves
@@ -120,5 +120,5 @@ def compare_reconstructions(pretrained_tokenizer: Path, gan_tokenizer: Path, raw
                                             settings.grid_images))
     rows = {"original": originals, **{name.replace("_", "-"): tok.decode(tok.encode(originals))
                                       for name, tok in tokenizers.items()}}
-    figure = plot_reconstruction_grid(rows, title=f"{settings.split} reconstructions (LPIPS backbone: {backbone})")
+    figure = plot_image_grid(rows, title=f"{settings.split} reconstructions (LPIPS backbone: {backbone})")
     return report, metrics, figure

@@ -18,7 +18,7 @@ from vtp_kedro.vtp.config import Config
 from vtp_kedro.vtp.data.latents import CLASSES_FILE, LatentDataConfig
 from vtp_kedro.vtp.inference import load_tokenizer
 from vtp_kedro.vtp.losses.flow import FlowConfig
-from vtp_kedro.vtp.metrics.reconstruction import plot_reconstruction_grid
+from vtp_kedro.vtp.metrics.reconstruction import plot_image_grid
 from vtp_kedro.vtp.models.dit import DiTConfig
 from vtp_kedro.vtp.sampling import SamplerConfig, balanced_labels, initial_noise, random_labels
 from vtp_kedro.vtp.train.curves import plot_curves
@@ -128,7 +128,7 @@ def sample_dit(dit_checkpoint: dict[str, Any], gan_tokenizer: Path, latents: Pat
     per_class = min(settings.grid_per_class, settings.num_samples // len(classes))
     rows = {name: torch.from_numpy(pixels[labels.numpy() == k][:per_class]).permute(0, 3, 1, 2).float() / 255
             for k, name in enumerate(classes)}
-    grid = plot_reconstruction_grid(rows, title=f"class-conditional samples (cfg {settings.cfg_scale}, "
+    grid = plot_image_grid(rows, title=f"class-conditional samples (cfg {settings.cfg_scale}, "
                                                 f"{settings.num_steps} {settings.solver} steps)")
     return partial(_write_samples, pixels=pixels, labels=labels.numpy(), classes=classes, record=record), grid
 

@@ -64,8 +64,8 @@ def measure_reconstruction(tokenizer: Tokenizer, batches: Iterable[Tensor],
     return {**metrics.compute(), "images": metrics.count}
 
 
-def plot_reconstruction_grid(rows: dict[str, Tensor], title: str = "") -> Figure:
-    """One row of images per entry (e.g. original | pre-GAN | post-GAN), each (N, 3, H, W) in [0, 1]."""
+def plot_image_grid(rows: dict[str, Tensor], title: str = "") -> Figure:
+    """One labelled row of images per entry (original | pre-GAN | post-GAN; samples per class), each (N, 3, H, W) in [0, 1]."""
     count = {len(images) for images in rows.values()}
     if len(count) != 1:
         raise ValueError(f"every row needs the same number of images; got {sorted(count)}")
