@@ -49,6 +49,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from vtp_kedro.pipelines.dit_training.nodes import DiTArchitecture
 from vtp_kedro.vtp.data.imagefolder import LabelledImageFolder, decode_image_file
 from vtp_kedro.vtp.data.latents import (
     CLASSES_FILE,
@@ -134,8 +135,8 @@ def dit_task(latent_dir: Path, preset: str | None) -> tuple[DiTTask, LatentDataS
     params = yaml.safe_load(DIT_PARAMS.read_text())["dit_training"]
     record = json.loads((latent_dir / CLASSES_FILE).read_text())
     channels, side, _ = record["latent_shape"]
-    model = {**params["model"], **(DIT_PRESETS[preset] if preset else {}),
-             "in_channels": channels, "input_size": side, "num_classes": len(record["classes"])}
+    architecture = DiTArchitecture.model_validate({**params["model"], **({"preset": preset} if preset else {})})
+    model = architecture.dit_config(channels, side, len(record["classes"])).model_dump()
     task = {"model": model, "flow": params["flow"], "data": {**params["data"], "latents": str(latent_dir)},
             **{k: params[k] for k in ("class_dropout", "latent_multiplier", "ema_decay", "seed")}}
     torch.manual_seed(0)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from mlflow.tracking import MlflowClient
 
 from tests.pipelines.conftest import kedro
 
@@ -38,6 +39,19 @@ def test_latents_stats_checkpoint_samples_and_grid(dit_project: Path) -> None:
     assert len(list(samples.glob("*.png"))) == 20
     grid = dit_project / "data/08_reporting/dit_training/sample_grid.png"
     assert grid.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_mlflow_records_extraction_counts_and_timings_and_the_samples(dit_project: Path) -> None:
+    client = MlflowClient(tracking_uri=f"sqlite:///{dit_project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("vtp-kedro")
+    (extraction,) = client.search_runs([experiment.experiment_id], "tags.kedro_pipeline = 'latent_extraction'",
+                                       max_results=1)
+    metrics = extraction.data.metrics
+    assert metrics["latent_extraction.train.images"] == 40 and metrics["latent_extraction.val.images"] == 20
+    assert metrics["latent_extraction.train.seconds"] > 0 and metrics["latent_extraction.train.images_per_s"] > 0
+    (dit,) = client.search_runs([experiment.experiment_id], "tags.kedro_pipeline = 'dit_training'")
+    assert "train/loss" in dit.data.metrics
+    assert "dit_training/sample_grid.png" in {a.path for a in client.list_artifacts(dit.info.run_id, "dit_training")}
 
 
 def test_extraction_rerun_keeps_finished_shards(dit_project: Path) -> None:

@@ -34,6 +34,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Literal
 
+import numpy as np
 import torch
 from pydantic import Field
 from torch import Tensor
@@ -59,6 +60,20 @@ class SamplerConfig(Config):
     cfg_interval_start: float = Field(0.0, ge=0, le=1, description="guidance only for t >= this (noise at t = 0)")
     cfg_channels: CFGChannels = Field("all", description="'first3': guide only output channels 0-2 (LightningDiT)")
     seed: int = Field(0, ge=0, description="seed of the initial noise (initial_noise)")
+
+
+class SampleSetConfig(SamplerConfig):
+    """A set of class-conditional samples: how many, which labels, drawn in which batches."""
+
+    num_samples: int = Field(100, gt=0, description="50k at paper scale (FID-50k)")
+    batch_size: int = Field(100, gt=0, description="samples per model batch (per rank)")
+    labels: Literal["balanced", "random"] = Field("balanced", description="equal per class, or uniform at random")
+
+    def sample_labels(self, num_classes: int) -> Tensor:
+        """The (num_samples,) labels, the same on every rank: balanced, or random from ``seed``."""
+        if self.labels == "balanced":
+            return balanced_labels(self.num_samples, num_classes)
+        return random_labels(self.num_samples, num_classes, torch.Generator().manual_seed(self.seed))
 
 
 def time_grid(num_steps: int, shift: float = 1.0, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -126,13 +141,19 @@ def sample(model_fn: ConditionalVelocityModel, noise: Tensor, labels: Tensor, nu
     return states[-1]
 
 
-def initial_noise(n: int, shape: Sequence[int], seed: int, device: torch.device | str | None = None) -> Tensor:
-    """``n`` float32 draws of N(0, I) of ``shape`` (e.g. (C, H, W)) from a CPU generator seeded with ``seed``.
+def initial_noise(n: int, shape: Sequence[int], seed: int, device: torch.device | str | None = None,
+                  start: int = 0) -> Tensor:
+    """Float32 draws of N(0, I) of ``shape`` (e.g. (C, H, W)) for the samples ``start .. start + n - 1``.
 
-    Drawn on the CPU so a seed gives the same noise on every device and machine.
+    Sample ``i`` comes from its own CPU generator seeded by ``SeedSequence((seed, i))``: any slice
+    of the samples gets the rows the whole set would, so the noise does not depend on the batch
+    size or on how many ranks share the work, and it is the same on every device and machine.
     """
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randn((n, *shape), generator=generator).to(device)
+    rows = []
+    for index in range(start, start + n):
+        stream_seed = int(np.random.SeedSequence((seed, index)).generate_state(1, dtype=np.uint64)[0])
+        rows.append(torch.randn(tuple(shape), generator=torch.Generator().manual_seed(stream_seed)))
+    return (torch.stack(rows) if rows else torch.empty((0, *shape))).to(device)
 
 
 def balanced_labels(num_samples: int, num_classes: int) -> Tensor:

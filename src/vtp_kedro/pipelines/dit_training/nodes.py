@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from matplotlib.figure import Figure
-from PIL import Image
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from vtp_kedro.datasets.folder import FolderWriter
 from vtp_kedro.vtp.config import Config
@@ -19,12 +16,16 @@ from vtp_kedro.vtp.data.latents import CLASSES_FILE, LatentDataConfig
 from vtp_kedro.vtp.inference import load_tokenizer
 from vtp_kedro.vtp.losses.flow import FlowConfig
 from vtp_kedro.vtp.metrics.reconstruction import plot_image_grid
-from vtp_kedro.vtp.models.dit import DiTConfig
-from vtp_kedro.vtp.sampling import SamplerConfig, balanced_labels, initial_noise, random_labels
+from vtp_kedro.vtp.models.dit import DIT_PRESETS, DiTConfig
+from vtp_kedro.vtp.io import atomic_path
+from vtp_kedro.vtp.jobs.sample_dit import JOB as SAMPLING
+from vtp_kedro.vtp.jobs.sample_dit import SamplingJobConfig, read_samples
+from vtp_kedro.vtp.sampling import SampleSetConfig
+from vtp_kedro.vtp.tensors import save_tensors
 from vtp_kedro.vtp.train.curves import plot_curves
-from vtp_kedro.vtp.train.dit_training import TASK_FACTORY, DiTTrainingConfig, FlowDiT
-from vtp_kedro.vtp.train.distributed import DeviceKind, resolve_device
-from vtp_kedro.vtp.train.launcher import LauncherConfig
+from vtp_kedro.vtp.train.dit_training import TASK_FACTORY, DiTTrainingConfig
+from vtp_kedro.vtp.train.distributed import DeviceKind
+from vtp_kedro.vtp.train.launcher import LauncherConfig, job_folder, launch_job
 from vtp_kedro.vtp.train.runs import train_stage
 from vtp_kedro.vtp.train.trainer import TrainerConfig
 
@@ -32,16 +33,31 @@ DIT_PANELS = (("losses", ("loss", "mse", "cosine")), ("optimisation", ("lr", "gr
 
 
 class DiTArchitecture(Config):
-    """``DiTConfig`` without what the latents decide (channels, grid, classes)."""
+    """``DiTConfig`` without what the latents decide (channels, grid, classes): a size preset
+    (``DIT_PRESETS``: tiny, B, L, XL) or explicit width, depth and heads (which override a preset's)."""
 
-    width: int = Field(gt=0)
-    depth: int = Field(gt=0)
-    heads: int = Field(gt=0)
+    preset: Literal["tiny", "B", "L", "XL"] | None = None
+    width: int | None = Field(None, gt=0)
+    depth: int | None = Field(None, gt=0)
+    heads: int | None = Field(None, gt=0)
     patch_size: int = Field(1, gt=0)
     norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
     qk_norm: bool = False
     rope: bool = True
     mlp_ratio: float = 4.0
+
+    @model_validator(mode="after")
+    def _sizes(self) -> DiTArchitecture:
+        missing = [k for k in ("width", "depth", "heads") if getattr(self, k) is None]
+        if self.preset is None and missing:
+            raise ValueError(f"dit_training.model needs a preset or all of width, depth and heads (missing {missing})")
+        return self
+
+    def dit_config(self, in_channels: int, input_size: int, num_classes: int) -> DiTConfig:
+        explicit = self.model_dump(exclude={"preset"}, exclude_none=True)
+        sizes = DIT_PRESETS[self.preset] if self.preset else {}
+        return DiTConfig(in_channels=in_channels, input_size=input_size, num_classes=num_classes,
+                         **{**sizes, **explicit})
 
 
 class LatentStreamParams(Config):
@@ -50,12 +66,10 @@ class LatentStreamParams(Config):
     flip_probability: float = Field(0.5, ge=0, le=1)
 
 
-class SamplingParams(SamplerConfig):
-    num_samples: int = Field(100, gt=0)
-    batch_size: int = Field(100, gt=0)
-    labels: Literal["balanced", "random"] = Field("balanced", description="equal per class, or random")
+class SamplingParams(SampleSetConfig):
     grid_per_class: int = Field(8, gt=0, description="samples per class in the grid PNG")
     device: DeviceKind = "auto"
+    launcher: LauncherConfig = LauncherConfig()  # torchrun with nproc_per_node N: samples split over N devices
 
 
 class DiTTrainingParams(Config):
@@ -85,8 +99,7 @@ def train_dit(latents: Path, params: DiTTrainingParams) -> tuple[dict[str, Any],
     channels, height, width = record["latent_shape"]
     if height != width:
         raise ValueError(f"{latents}: latents of {height}x{width} are not square")
-    model = DiTConfig(in_channels=channels, input_size=height, num_classes=len(record["classes"]),
-                      **params.model.model_dump())
+    model = params.model.dit_config(channels, height, len(record["classes"]))
     task = DiTTrainingConfig(model=model, flow=params.flow, data=LatentDataConfig(latents=str(latents),
                              **params.data.model_dump()), class_dropout=params.class_dropout,
                              latent_multiplier=params.latent_multiplier, ema_decay=params.ema_decay, seed=params.seed)
@@ -98,45 +111,35 @@ def plot_dit_curves(dit_training_log: list[dict[str, Any]]) -> Figure:
     return plot_curves(dit_training_log, title="LightningDiT training (flow matching)", panels=DIT_PANELS)
 
 
-@torch.no_grad()
 def sample_dit(dit_checkpoint: dict[str, Any], gan_tokenizer: Path, latents: Path,
-               params: DiTTrainingParams) -> tuple[FolderWriter, Figure]:
-    """Class-conditional samples from the EMA weights, decoded by the tokenizer: PNGs, ADM's NPZ
-    (``arr_0`` uint8 [N, H, W, 3], ``labels``), the settings beside them, and a per-class grid."""
+               params: DiTTrainingParams) -> FolderWriter:
+    """The writer of the sample folder: class-conditional samples from the EMA weights, decoded by the
+    tokenizer (``vtp.jobs.sample_dit``: PNGs, ADM's NPZ, the settings), on the launcher's devices."""
     settings = params.sampling
     classes = _latent_record(latents)["classes"]
-    device = resolve_device(settings.device)
-    config = DiTTrainingConfig.model_validate(dit_checkpoint["config"]["task"])
-    model = FlowDiT(config, torch.zeros(1, config.model.in_channels, 1, 1), torch.ones(1, config.model.in_channels, 1, 1))
-    model.load_state_dict(dit_checkpoint["model"])
-    model.to(device).eval()
-    tokenizer = load_tokenizer(gan_tokenizer, device)
-    labels = (balanced_labels(settings.num_samples, len(classes)) if settings.labels == "balanced"
-              else random_labels(settings.num_samples, len(classes), torch.Generator().manual_seed(settings.seed)))
-    shape = (config.model.in_channels, config.model.input_size, config.model.input_size)
-    noise = initial_noise(settings.num_samples, shape, settings.seed)
-    images = []
-    for start in range(0, settings.num_samples, settings.batch_size):
-        z = model.sample_latents(noise[start:start + settings.batch_size].to(device),
-                                 labels[start:start + settings.batch_size].to(device), settings)
-        images.append((tokenizer.decode(z).clamp(0, 1) * 255).round().to(torch.uint8).cpu())
-    pixels = torch.cat(images).permute(0, 2, 3, 1).numpy()
-    record = {"sampler": SamplerConfig(**{k: v for k, v in settings.model_dump().items()
-                                          if k in SamplerConfig.model_fields}).model_dump(mode="json"),
-              "num_samples": settings.num_samples, "labels": settings.labels, "weights": "ema",
-              "classes": classes, "dit_step": dit_checkpoint["step"], "tokenizer": str(gan_tokenizer)}
-    per_class = min(settings.grid_per_class, settings.num_samples // len(classes))
-    rows = {name: torch.from_numpy(pixels[labels.numpy() == k][:per_class]).permute(0, 3, 1, 2).float() / 255
+    task = DiTTrainingConfig.model_validate(dit_checkpoint["config"]["task"])
+    load_tokenizer(gan_tokenizer, "cpu")  # a wrong folder fails now, before any process starts
+
+    def write(folder: Path) -> None:
+        job_dir = job_folder(Path(params.runs_dir) / "samples")
+        save_tensors(dit_checkpoint["model"], job_dir / "dit.safetensors")
+        job = SamplingJobConfig(task=task, weights=str(job_dir / "dit.safetensors"), tokenizer=str(gan_tokenizer),
+                                classes=classes, output=str(folder), device=settings.device,
+                                samples=SampleSetConfig(**{k: getattr(settings, k) for k in SampleSetConfig.model_fields}),
+                                record={"dit_step": dit_checkpoint["step"], "tokenizer": str(gan_tokenizer)})
+        with atomic_path(job_dir / "job.json") as tmp:
+            tmp.write_text(job.model_dump_json(indent=2))
+        launch_job(job_dir / "job.json", job_dir, params.sampling.launcher, SAMPLING)
+
+    return write
+
+
+def plot_dit_samples(dit_samples: Path, params: DiTTrainingParams) -> Figure:
+    """One row per class: the first ``grid_per_class`` samples of each."""
+    pixels, labels, record = read_samples(dit_samples)
+    classes, sampler = record["classes"], record["sampler"]
+    per_class = max(1, min(params.sampling.grid_per_class, len(labels) // len(classes)))
+    rows = {name: torch.from_numpy(pixels[labels == k][:per_class]).permute(0, 3, 1, 2).float() / 255
             for k, name in enumerate(classes)}
-    grid = plot_image_grid(rows, title=f"class-conditional samples (cfg {settings.cfg_scale}, "
-                                                f"{settings.num_steps} {settings.solver} steps)")
-    return partial(_write_samples, pixels=pixels, labels=labels.numpy(), classes=classes, record=record), grid
-
-
-def _write_samples(folder: Path, pixels: np.ndarray, labels: np.ndarray, classes: list[str],
-                   record: dict[str, Any]) -> None:
-    for index, (image, label) in enumerate(zip(pixels, labels, strict=True)):
-        Image.fromarray(image).save(folder / f"{index:06d}_{classes[label]}.png")
-    with open(folder / "samples.npz", "wb") as handle:
-        np.savez(handle, arr_0=pixels, labels=labels)
-    (folder / "sampling.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    return plot_image_grid(rows, title=f"class-conditional samples (cfg {sampler['cfg_scale']}, "
+                                       f"{sampler['num_steps']} {sampler['solver']} steps)")

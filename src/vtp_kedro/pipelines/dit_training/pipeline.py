@@ -1,6 +1,6 @@
 from kedro.pipeline import Pipeline, node, pipeline
 
-from vtp_kedro.pipelines.dit_training.nodes import plot_dit_curves, sample_dit, train_dit
+from vtp_kedro.pipelines.dit_training.nodes import plot_dit_curves, plot_dit_samples, sample_dit, train_dit
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -16,8 +16,10 @@ def create_pipeline(**kwargs) -> Pipeline:
             node(
                 sample_dit,
                 inputs=["dit_checkpoint", "gan_tokenizer", "latents", "params:dit_training"],
-                outputs=["dit_samples", "dit_sample_grid"],
+                outputs="dit_samples",
                 name="sample_dit",
             ),
+            node(plot_dit_samples, inputs=["dit_samples", "params:dit_training"], outputs="dit_sample_grid",
+                 name="plot_dit_samples"),
         ]
     )

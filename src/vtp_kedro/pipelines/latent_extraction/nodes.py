@@ -5,14 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import mlflow
-import torch
 from pydantic import Field
 
 from vtp_kedro.datasets.folder import FolderWriter
 from vtp_kedro.vtp.config import Config
-from vtp_kedro.vtp.data.latents import LatentExtractionConfig, extract_latents
+from vtp_kedro.vtp.data.latents import LatentExtractionConfig
 from vtp_kedro.vtp.inference import load_tokenizer
-from vtp_kedro.vtp.train.distributed import DeviceKind, resolve_device
+from vtp_kedro.vtp.io import atomic_path
+from vtp_kedro.vtp.jobs.extract_latents import JOB as EXTRACTION
+from vtp_kedro.vtp.jobs.extract_latents import ExtractionJobConfig
+from vtp_kedro.vtp.train.distributed import DeviceKind
+from vtp_kedro.vtp.train.launcher import LauncherConfig, job_folder, launch_job
 from vtp_kedro.vtp.train.runs import folder_digest
 
 
@@ -27,6 +30,7 @@ class LatentExtractionParams(Config):
     tokenizer: str | None = None  # null: the decoder_gan output (gan_tokenizer); else any tokenizer folder
     extraction: ExtractionParams
     device: DeviceKind = "auto"
+    launcher: LauncherConfig = LauncherConfig()  # torchrun with nproc_per_node N: images split over N devices
 
 
 def encode_labelled_images(gan_tokenizer: Path, raw_labelled_images: Path,
@@ -34,14 +38,18 @@ def encode_labelled_images(gan_tokenizer: Path, raw_labelled_images: Path,
     """The writer of the latent folder: finished shards are kept, so a killed extraction resumes."""
     tokenizer_path = Path(params.tokenizer or gan_tokenizer)
     image_root = Path(params.image_root or raw_labelled_images)
-    tokenizer = load_tokenizer(tokenizer_path, resolve_device(params.device))  # a wrong folder fails now
+    tokenizer = load_tokenizer(tokenizer_path, "cpu")  # a wrong folder fails now, before any process starts
     config = LatentExtractionConfig(**{**params.extraction.model_dump(),
                                        "image_size": params.extraction.image_size or tokenizer.image_size})
     identity = {"tokenizer": folder_digest(tokenizer_path), "image_root": str(image_root.resolve())}
 
     def write(folder: Path) -> None:
-        with torch.inference_mode():
-            summary = extract_latents(tokenizer, image_root, folder, config, identity=identity)
+        job = ExtractionJobConfig(tokenizer=str(tokenizer_path), image_root=str(image_root), output=str(folder),
+                                  extraction=config, identity=identity, device=params.device)
+        job_dir = job_folder(folder)
+        with atomic_path(job_dir / "job.json") as tmp:
+            tmp.write_text(job.model_dump_json(indent=2))
+        summary = launch_job(job_dir / "job.json", job_dir, params.launcher, EXTRACTION)
         if mlflow.active_run() is not None:
             metrics = {f"latent_extraction.{split}.{key}": float(value)
                        for split, counts in summary["splits"].items() for key, value in counts.items()}

@@ -105,6 +105,7 @@ class SmallCNN(nn.Module):
 
 @dataclass(frozen=True)
 class CNNResult:
+    model: SmallCNN
     val_top1: float
     train_top1: float
     seconds: float
@@ -151,12 +152,12 @@ def train_cnn(train: LabelledSplit, val: LabelledSplit, *, epochs: int = 20, bat
             schedule.step()
     seconds = time.perf_counter() - start
     return CNNResult(
-        val_top1=_cnn_accuracy(model, val), train_top1=_cnn_accuracy(model, train), seconds=seconds, epochs=epochs,
+        model=model.eval(), val_top1=cnn_accuracy(model, val), train_top1=cnn_accuracy(model, train), seconds=seconds, epochs=epochs,
     )
 
 
 @torch.no_grad()
-def _cnn_accuracy(model: nn.Module, split: LabelledSplit, batch_size: int = 256) -> float:
+def cnn_accuracy(model: nn.Module, split: LabelledSplit, batch_size: int = 256) -> float:
     model.eval()
     correct = 0
     for first in range(0, len(split.labels), batch_size):

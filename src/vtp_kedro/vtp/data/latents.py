@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +31,11 @@ from PIL import Image
 from pydantic import Field
 from safetensors import safe_open
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from vtp_kedro.vtp.config import Config
 from vtp_kedro.vtp.data.imagefolder import LabelledImageFolder, decode_image_file
 from vtp_kedro.vtp.io import atomic_path
+from vtp_kedro.vtp.progress import Progress
 from vtp_kedro.vtp.tensors import load_tensors, save_tensors
 
 log = logging.getLogger(__name__)
@@ -80,27 +79,28 @@ class _CroppedImages(Dataset):
         return torch.from_numpy(pixels.copy()).permute(2, 0, 1), label
 
 
-def _progress(total: int, description: str) -> tqdm:
-    return tqdm(total=total, desc=description, unit="img", disable=not sys.stderr.isatty(), dynamic_ncols=True)
-
-
 @torch.no_grad()
 def extract_latents(tokenizer: Any, image_root: str | Path, output_dir: str | Path, config: LatentExtractionConfig,
-                    rank: int = 0, world_size: int = 1, identity: dict[str, Any] | None = None) -> dict[str, Any]:
+                    rank: int = 0, world_size: int = 1, identity: dict[str, Any] | None = None,
+                    barrier: Callable[[], None] = lambda: None) -> dict[str, Any]:
     """Encode ``image_root``'s splits into ``output_dir`` (module docstring); returns counts and timings.
 
     ``tokenizer`` is a ``vtp.inference.Tokenizer`` (``encode`` on [0, 1] images) on its device.
     ``identity`` (e.g. the tokenizer's content digest, the image folder and the config) is kept in
     ``extraction.json``: shards left by an extraction of another identity are deleted, not reused.
+    With several ranks, every rank calls this with its ``rank`` and the process group's
+    ``barrier``; the counts returned are this rank's, and rank 0 writes the statistics and
+    records once every shard is there.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     identity = {"config": config.model_dump(mode="json"), **(identity or {})}
     record_path = output_dir / EXTRACTION_FILE
     previous = json.loads(record_path.read_text()).get("identity") if record_path.is_file() else None
-    if previous != identity:
+    if previous != identity and rank == 0:
         for stale in output_dir.glob("*/shard_*.safetensors"):
             stale.unlink()
+    barrier()  # no rank may write a shard before the stale ones are gone
     device = next(tokenizer.parameters()).device
     summary: dict[str, Any] = {"splits": {}}
     classes = None
@@ -114,7 +114,8 @@ def extract_latents(tokenizer: Any, image_root: str | Path, output_dir: str | Pa
         shards = [samples[i:i + config.shard_size] for i in range(0, len(samples), config.shard_size)]
         written = skipped = 0
         start = time.perf_counter()
-        bar = _progress(sum(len(s) for i, s in enumerate(shards) if i % world_size == rank), f"encoding {split}")
+        bar = Progress(sum(len(s) for i, s in enumerate(shards) if i % world_size == rank), f"encoding {split}",
+                       logger=log)
         for index, shard in enumerate(shards):
             if index % world_size != rank:
                 continue
@@ -131,24 +132,27 @@ def extract_latents(tokenizer: Any, image_root: str | Path, output_dir: str | Pa
         log.info("%s: %d images in %d shards (%d written, %d already there) in %.1f s",
                  split, encoded, written + skipped, written, skipped, seconds)
         summary["splits"][split] = {"images": len(samples), "shards": len(shards), "written": written,
-                                    "skipped": skipped, "seconds": seconds}
+                                    "skipped": skipped, "seconds": seconds, "encoded": encoded}
     latent_shape = list(tokenizer.latent_shape(config.image_size))
     record = {"classes": classes, "image_size": config.image_size, "latent_shape": latent_shape,
               "images": {s: summary["splits"][s]["images"] for s in config.splits}}
+    summary.update(record)
+    barrier()  # every rank's shards are written
+    if rank != 0:
+        return summary
     with atomic_path(output_dir / CLASSES_FILE) as tmp:
         tmp.write_text(json.dumps(record, indent=2) + "\n")
-    if rank == 0 and "train" in config.splits:
+    if "train" in config.splits:
         stats = latent_stats(output_dir / "train", config.stats_samples)
         with atomic_path(output_dir / STATS_FILE) as tmp:
             save_latent_stats(stats, tmp)
-    summary.update(record)
     with atomic_path(record_path) as tmp:  # no timings here: equal latents must give an equal folder
         tmp.write_text(json.dumps({"identity": identity, **record}, indent=2, sort_keys=True) + "\n")
     return summary
 
 
 def _encode_shard(tokenizer: Any, shard: list[tuple[str, int]], split_dir: Path, path: Path,
-                  config: LatentExtractionConfig, device: torch.device, bar: tqdm) -> None:
+                  config: LatentExtractionConfig, device: torch.device, bar: Progress) -> None:
     loader = DataLoader(_CroppedImages(shard, config.image_size), batch_size=config.batch_size,
                         num_workers=config.num_workers, persistent_workers=False)
     latents, flipped, labels = [], [], []

@@ -8,10 +8,8 @@ config file's folder).
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 
-from vtp_kedro.vtp.train.launcher import run
+from vtp_kedro.vtp.train.launcher import console_logging, run
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -21,11 +19,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--task", default=None, help="task factory 'package.module:function' (overrides the config)")
     parser.add_argument("--output-dir", default=None, help="checkpoints, logs and result.json (default: the config's folder)")
     args = parser.parse_args(argv)
-    # Rank 0 reports progress on the console, the others only problems; all keep full logs in files.
-    console = logging.StreamHandler()
-    console.setLevel(logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING)
-    console.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=logging.INFO, handlers=[console])
+    console_logging()
     run(args.config, args.output_dir, args.task)
 
 

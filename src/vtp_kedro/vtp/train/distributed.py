@@ -106,6 +106,15 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def all_gather_objects(value: Any) -> list[Any]:
+    """Every rank's ``value`` (picklable), in rank order; ``[value]`` without a process group."""
+    if not is_initialized():
+        return [value]
+    gathered: list[Any] = [None] * world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
 def any_rank(flag: torch.Tensor) -> bool:
     """True on every rank when the boolean tensor ``flag`` is true on at least one."""
     value = flag.detach().float()

@@ -19,6 +19,7 @@ The run's folder (by default the config file's folder) receives ``checkpoints/``
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib
 import json
@@ -31,15 +32,18 @@ import string
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 from pydantic import Field, model_validator
 
 from vtp_kedro.vtp.config import Config
 from vtp_kedro.vtp.io import atomic_path
 from vtp_kedro.vtp.train.distributed import (
     destroy_distributed,
+    DeviceKind,
     init_distributed,
     is_main_process,
     rank,
@@ -51,7 +55,7 @@ from vtp_kedro.vtp.train.trainer import RESULT_FILE, MlflowMetricLogger, Trainer
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
-COMMAND_PLACEHOLDERS = frozenset({"config", "python", "nproc"})
+COMMAND_PLACEHOLDERS = frozenset({"config", "python", "nproc", "module"})
 
 
 class MlflowTarget(Config):
@@ -74,7 +78,8 @@ class RunConfig(Config):
 class LauncherConfig(Config):
     kind: Literal["inprocess", "torchrun", "command"] = "inprocess"
     nproc_per_node: int = Field(1, gt=0, description="processes (devices) for torchrun; {nproc} in a command")
-    command: str | None = Field(None, description="kind 'command': a shell template with {config}, {python}, {nproc}")
+    command: str | None = Field(None, description="kind 'command': a shell template with {config}, {python}, {nproc} "
+                                                  "and {module} (the job's module; training's is vtp_kedro.vtp.train)")
     tail_lines: int = Field(20, gt=0, description="lines of each rank's log quoted when the run fails")
 
     @model_validator(mode="after")
@@ -154,26 +159,75 @@ def run(config_path: str | Path, output_dir: str | Path | None = None, task_fact
     if factory_path is None:
         raise ValueError(f"{config_path} names no task_factory and none was given (--task module:function)")
     output_dir = Path(output_dir) if output_dir is not None else config_path.parent
-    created = init_distributed(resolve_device(trainer_config.device))
+    with job_process(output_dir, trainer_config.device):
+        seed_all(trainer_config.seed)
+        task, data = load_factory(factory_path)(raw)
+        target = run_config.mlflow
+        metric_logger = (MlflowMetricLogger(target.run_id, target.tracking_uri, target.prefix)
+                         if target is not None and is_main_process() else None)
+        trainer = Trainer(trainer_config, task, data, output_dir, metric_logger)
+        checkpoint = trainer.fit()
+        if is_main_process():
+            write_result(output_dir, trainer)
+        return checkpoint
+
+
+@contextlib.contextmanager
+def job_process(output_dir: Path, device: DeviceKind) -> Iterator[torch.device]:
+    """One rank of a job: join torchrun's process group (if any), keep ``logs/rank_<r>.log``, log a failure.
+
+    Yields this rank's device. Every job (training, latent extraction, sampling) runs inside it.
+    """
+    resolved = resolve_device(device)
+    created = init_distributed(resolved)
     try:
-        with rank_logging(output_dir / "logs", rank()):
+        with rank_logging(Path(output_dir) / "logs", rank()):
             try:
-                seed_all(trainer_config.seed)
-                task, data = load_factory(factory_path)(raw)
-                target = run_config.mlflow
-                metric_logger = (MlflowMetricLogger(target.run_id, target.tracking_uri, target.prefix)
-                                 if target is not None and is_main_process() else None)
-                trainer = Trainer(trainer_config, task, data, output_dir, metric_logger)
-                checkpoint = trainer.fit()
-                if is_main_process():
-                    write_result(output_dir, trainer)
-                return checkpoint
+                yield resolved
             except BaseException:
                 log.exception("rank %d failed", rank())
                 raise
     finally:
         if created:
             destroy_distributed()
+
+
+def job_folder(output: str | Path) -> Path:
+    """Where a job that fills ``output`` keeps its config, logs and result: the hidden sibling ``.<name>.job``.
+
+    Beside the output rather than in /tmp, so that ranks on other nodes of a cluster see it.
+    """
+    output = Path(output)
+    folder = output.parent / f".{output.name}.job"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def write_job_result(output_dir: str | Path, result: dict[str, Any]) -> Path:
+    """``output_dir/result.json`` (what ``launch_job`` returns), written atomically; call on rank 0."""
+    path = Path(output_dir) / RESULT_FILE
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+    return path
+
+
+def console_logging() -> None:
+    """Rank 0 reports progress on the console, the others only problems; all keep full logs in files."""
+    console = logging.StreamHandler()
+    console.setLevel(logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING)
+    console.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[console])
+
+
+def job_main(job: Job, argv: list[str] | None = None, description: str = "") -> None:
+    """``python -m <job.module> --config <file> [--output-dir <dir>]``: one process, or one torchrun rank."""
+    parser = argparse.ArgumentParser(prog=f"python -m {job.module}", description=description)
+    parser.add_argument("--config", required=True, help="the fully resolved config (JSON)")
+    parser.add_argument("--output-dir", default=None, help="logs and result.json (default: the config's folder)")
+    args = parser.parse_args(argv)
+    console_logging()
+    config = Path(args.config)
+    job.run(config, Path(args.output_dir) if args.output_dir else config.parent)
 
 
 def _tail(path: Path, lines: int) -> str:
@@ -183,7 +237,7 @@ def _tail(path: Path, lines: int) -> str:
 
 
 def _failure_report(output_dir: Path, returncode: int, command: str, lines: int) -> str:
-    parts = [f"training failed with exit code {returncode}: {command}"]
+    parts = [f"the job failed with exit code {returncode}: {command}"]
     log_dir = output_dir / "logs"
     for path in sorted(log_dir.glob("rank_*.log")) + [log_dir / "launcher.log"]:
         if path.is_file():
@@ -191,25 +245,45 @@ def _failure_report(output_dir: Path, returncode: int, command: str, lines: int)
     return "\n".join(parts)
 
 
-def _command(config: Path, launcher: LauncherConfig) -> tuple[str | list[str], bool]:
+@dataclass(frozen=True)
+class Job:
+    """What ``launch_job`` starts on every rank.
+
+    ``module`` runs as ``python -m <module> --config <file> --output-dir <dir>`` (torchrun, a
+    command template); ``run(config_path, output_dir)`` is the same work called in this process
+    (``inprocess``). Rank 0 writes ``output_dir/result.json``, which ``launch_job`` returns.
+    """
+
+    module: str
+    run: Callable[[Path, Path], Any]
+    validate: Callable[[Path], Any] = lambda path: None  # fail in the parent, before any process starts
+
+
+TRAINING = Job("vtp_kedro.vtp.train", lambda config, output_dir: run(config, output_dir), read_run_config)
+
+
+def _command(config: Path, output_dir: Path, launcher: LauncherConfig, module: str) -> tuple[str | list[str], bool]:
     """The command to run and whether it needs a shell."""
     if launcher.kind == "torchrun":
         return [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 f"--nproc-per-node={launcher.nproc_per_node}",
-                "-m", "vtp_kedro.vtp.train", "--config", str(config)], False
+                "-m", module, "--config", str(config), "--output-dir", str(output_dir)], False
+    if "{module}" not in launcher.command and module != TRAINING.module:
+        raise ValueError(f"the launcher's command template runs training, not {module}: write "
+                         f"'-m {{module}}' in it to launch other jobs (latent extraction, sampling)")
     return launcher.command.format(config=shlex.quote(str(config)), python=shlex.quote(sys.executable),
-                                   nproc=launcher.nproc_per_node), True
+                                   nproc=launcher.nproc_per_node, module=module), True
 
 
-def launch(config_path: str | Path, output_dir: str | Path, launcher: LauncherConfig) -> Path:
-    """Run the training described by ``config_path`` into ``output_dir``; returns the final checkpoint.
+def launch_job(config_path: str | Path, output_dir: str | Path, launcher: LauncherConfig, job: Job) -> dict[str, Any]:
+    """Run ``job`` as ``launcher`` says, on the config ``config_path``; returns rank 0's ``result.json``.
 
     The config is copied to ``output_dir/config.json`` (the run's record, and the file every
     rank reads). A failed run raises ``RuntimeError`` quoting each rank's last log lines.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    read_run_config(config_path)  # fail here, in the parent, on a malformed config
+    job.validate(Path(config_path))
     config = output_dir / CONFIG_FILE
     if Path(config_path).resolve() != config.resolve():
         with atomic_path(config) as tmp:
@@ -217,8 +291,9 @@ def launch(config_path: str | Path, output_dir: str | Path, launcher: LauncherCo
     result = output_dir / RESULT_FILE
     result.unlink(missing_ok=True)  # a result from an earlier run must not pass for this one's
     if launcher.kind == "inprocess":
-        return run(config, output_dir)
-    command, shell = _command(config, launcher)
+        job.run(config, output_dir)
+        return json.loads(result.read_text())
+    command, shell = _command(config, output_dir, launcher, job.module)
     printable = command if shell else shlex.join(command)
     log.info("launching: %s", printable)
     log_dir = output_dir / "logs"
@@ -241,5 +316,10 @@ def launch(config_path: str | Path, output_dir: str | Path, launcher: LauncherCo
     if returncode != 0:
         raise RuntimeError(_failure_report(output_dir, returncode, printable, launcher.tail_lines))
     if not result.is_file():
-        raise RuntimeError(f"training exited cleanly but wrote no {result}: {printable}")
-    return Path(json.loads(result.read_text())["checkpoint"])
+        raise RuntimeError(f"{job.module} exited cleanly but wrote no {result}: {printable}")
+    return json.loads(result.read_text())
+
+
+def launch(config_path: str | Path, output_dir: str | Path, launcher: LauncherConfig) -> Path:
+    """Run the training described by ``config_path`` into ``output_dir``; returns the final checkpoint."""
+    return Path(launch_job(config_path, output_dir, launcher, TRAINING)["checkpoint"])
