@@ -45,6 +45,7 @@ def test_checkpoint_dataset_round_trip(tmp_path: Path) -> None:
     dataset.save(checkpoint)
     loaded = dataset.load()
     assert loaded["step"] == 7 and loaded["config"] == checkpoint["config"] and loaded["metrics"] == checkpoint["metrics"]
+    assert loaded["path"] == str(tmp_path / "ckpt")
     assert all(torch.equal(loaded["model"][k], v) for k, v in checkpoint["model"].items())
     assert loaded["optimizer"]["param_groups"] == [{"lr": 0.1}]
     with pytest.raises(DatasetError, match="config"):

@@ -20,7 +20,8 @@ class CheckpointDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
 
     The dict is ``vtp.train.checkpoint.load_checkpoint``'s (``model``, ``task_state``,
     ``optimizer``, ``trainer_state``, ``rng``, ``step``) with ``config`` (the resolved run
-    config) and ``metrics`` (the training log records). Weights are safetensors; the folder is
+    config), ``metrics`` (the training log records) and, on load, ``path`` (the folder, for
+    jobs in other processes that read the weights themselves). Weights are safetensors; the folder is
     written atomically. kedro-datasets' PyTorchDataset keeps only a state_dict, which is not
     enough to rebuild the model or resume it.
     """
@@ -35,6 +36,7 @@ class CheckpointDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
         if not config.is_file():
             raise DatasetError(f"checkpoint {self._path} has no {CONFIG_FILE}: it was not saved by CheckpointDataset")
         checkpoint["config"] = json.loads(config.read_text())
+        checkpoint["path"] = str(self._path)
         metrics = self._path / METRICS_LOG
         checkpoint["metrics"] = ([json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
                                  if metrics.is_file() else [])

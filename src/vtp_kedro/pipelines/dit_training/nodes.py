@@ -21,7 +21,6 @@ from vtp_kedro.vtp.io import atomic_path
 from vtp_kedro.vtp.jobs.sample_dit import JOB as SAMPLING
 from vtp_kedro.vtp.jobs.sample_dit import SamplingJobConfig, read_samples
 from vtp_kedro.vtp.sampling import SampleSetConfig
-from vtp_kedro.vtp.tensors import save_tensors
 from vtp_kedro.vtp.train.curves import plot_curves
 from vtp_kedro.vtp.train.dit_training import TASK_FACTORY, DiTTrainingConfig
 from vtp_kedro.vtp.train.distributed import DeviceKind
@@ -122,8 +121,7 @@ def sample_dit(dit_checkpoint: dict[str, Any], gan_tokenizer: Path, latents: Pat
 
     def write(folder: Path) -> None:
         job_dir = job_folder(Path(params.runs_dir) / "samples")
-        save_tensors(dit_checkpoint["model"], job_dir / "dit.safetensors")
-        job = SamplingJobConfig(task=task, weights=str(job_dir / "dit.safetensors"), tokenizer=str(gan_tokenizer),
+        job = SamplingJobConfig(task=task, weights=dit_checkpoint["path"], tokenizer=str(gan_tokenizer),
                                 classes=classes, output=str(folder), device=settings.device,
                                 samples=SampleSetConfig(**{k: getattr(settings, k) for k in SampleSetConfig.model_fields}),
                                 record={"dit_step": dit_checkpoint["step"], "tokenizer": str(gan_tokenizer)})

@@ -27,7 +27,7 @@ from vtp_kedro.vtp.inference import load_tokenizer
 from vtp_kedro.vtp.io import atomic_path
 from vtp_kedro.vtp.progress import Progress
 from vtp_kedro.vtp.sampling import SamplerConfig, SampleSetConfig, initial_noise
-from vtp_kedro.vtp.tensors import load_tensors
+from vtp_kedro.vtp.train.checkpoint import load_state_strictly, read_weights
 from vtp_kedro.vtp.train.dit_training import DiTTrainingConfig, FlowDiT
 from vtp_kedro.vtp.train.distributed import DeviceKind, barrier, is_main_process, rank, world_size
 from vtp_kedro.vtp.train.launcher import Job, job_main, job_process, write_job_result
@@ -38,7 +38,8 @@ SETTINGS_FILE = "sampling.json"
 
 class SamplingJobConfig(Config):
     task: DiTTrainingConfig = Field(description="the DiT's training config (its architecture)")
-    weights: str = Field(description="safetensors of FlowDiT's state: DiT, EMA, latent statistics")
+    weights: str = Field(description="FlowDiT's state (DiT, EMA, latent statistics): a checkpoint folder "
+                                     "or a .safetensors file")
     tokenizer: str = Field(description="the tokenizer folder that decodes the latents")
     classes: list[str] = Field(min_length=1)
     output: str
@@ -60,7 +61,7 @@ def run(config_path: Path, output_dir: Path) -> None:
     with job_process(output_dir, config.device) as device:
         channels, side = config.task.model.in_channels, config.task.model.input_size
         model = FlowDiT(config.task, torch.zeros(1, channels, 1, 1), torch.ones(1, channels, 1, 1))
-        model.load_state_dict(load_tensors(config.weights))
+        load_state_strictly(model, read_weights(config.weights), config.weights)
         model.to(device).eval()
         tokenizer = load_tokenizer(config.tokenizer, device)
         labels = settings.sample_labels(len(classes))
@@ -89,7 +90,7 @@ def run(config_path: Path, output_dir: Path) -> None:
             return
         _merge_parts(output_dir, output, labels.numpy(), world_size())
         record = {"sampler": sampler.model_dump(mode="json"), "num_samples": settings.num_samples,
-                  "labels": settings.labels, "batch_size": settings.batch_size, "weights": "ema", "classes": classes,
+                  "labels": settings.labels, "weights": "ema", "classes": classes,
                   **config.record}
         with atomic_path(output / SETTINGS_FILE) as tmp:
             tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
