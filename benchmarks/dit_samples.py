@@ -26,7 +26,6 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from vtp_kedro.vtp.data.embedded_task import LabelledSplit, cnn_accuracy, load_labelled_split, train_cnn

@@ -34,17 +34,11 @@ from pathlib import Path
 import torch
 import yaml
 
-from vtp_kedro.vtp.data.embedded_task import (
-    LabelledSplit,
-    knn_accuracy,
-    linear_probe,
-    load_labelled_split,
-    pixel_features,
-    train_cnn,
-)
+from vtp_kedro.vtp.data.embedded_task import LabelledSplit, load_labelled_split, pixel_features, train_cnn
 from vtp_kedro.vtp.data.synthetic import SyntheticConfig, write_labelled_folder
 from vtp_kedro.vtp.data.preprocess import normalize
 from vtp_kedro.vtp.inference import Tokenizer, load_tokenizer
+from vtp_kedro.vtp.metrics.understanding import knn_accuracy, linear_probe
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_PARAMS = ROOT / "conf/base/parameters_data_generation.yml"
@@ -116,8 +110,8 @@ def main() -> None:
         xt, xv = pixel_features(train.images), pixel_features(val.images)
         start = time.perf_counter()
         probe = linear_probe(xt, train.labels, xv, val.labels, classes)
-        rows.append(("linear", f"raw pixels ({xt.shape[1]})", probe.val_top1, probe.train_top1,
-                     time.perf_counter() - start, f"L2 {probe.weight_decay:g}"))
+        rows.append(("linear", f"raw pixels ({xt.shape[1]})", probe.top1, probe.train_top1,
+                     time.perf_counter() - start, f"lr {probe.lr:g}"))
         start = time.perf_counter()
         rows.append(("k-NN k=20", f"raw pixels ({xt.shape[1]})", knn_accuracy(xt, train.labels, xv, val.labels, classes),
                      None, time.perf_counter() - start, "cosine, centred"))
@@ -137,8 +131,8 @@ def main() -> None:
             probe = linear_probe(ft[kind], train.labels, fv[kind], val.labels, classes)
             seconds = time.perf_counter() - start + (encode_seconds if kind == "pooled" else 0.0)
             label = f"bottleneck {kind} ({ft[kind].shape[1]})"
-            rows.append((f"linear: {name}", label, probe.val_top1, probe.train_top1, seconds,
-                         f"{describe(run_config)}; L2 {probe.weight_decay:g}"))
+            rows.append((f"linear: {name}", label, probe.top1, probe.train_top1, seconds,
+                         f"{describe(run_config)}; lr {probe.lr:g}"))
             rows.append((f"k-NN: {name}", label, knn_accuracy(ft[kind], train.labels, fv[kind], val.labels, classes),
                          None, 0.0, ""))
 

@@ -50,12 +50,11 @@ import torch
 import yaml
 
 from vtp_kedro.pipelines.dit_training.nodes import DiTArchitecture
-from vtp_kedro.vtp.data.imagefolder import LabelledImageFolder, decode_image_file
+from vtp_kedro.vtp.data.imagefolder import LabelledImageFolder, center_crop_arr, decode_image_file
 from vtp_kedro.vtp.data.latents import (
     CLASSES_FILE,
     LatentDataStream,
     LatentExtractionConfig,
-    center_crop_arr,
     extract_latents,
 )
 from vtp_kedro.vtp.data.synthetic import SyntheticConfig, write_labelled_folder

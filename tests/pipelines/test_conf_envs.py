@@ -14,6 +14,7 @@ from vtp_kedro.pipelines.data_filtering.nodes import DataFilteringParams
 from vtp_kedro.pipelines.data_generation.nodes import DataGenerationParams
 from vtp_kedro.pipelines.decoder_gan.nodes import DecoderGANParams
 from vtp_kedro.pipelines.dit_training.nodes import DiTTrainingParams
+from vtp_kedro.pipelines.evaluation.nodes import EvaluationParams
 from vtp_kedro.pipelines.latent_extraction.nodes import LatentExtractionParams
 from vtp_kedro.pipelines.tokenizer_pretraining.nodes import TokenizerPretrainingParams
 from vtp_kedro.settings import CONFIG_LOADER_ARGS
@@ -21,7 +22,8 @@ from vtp_kedro.settings import CONFIG_LOADER_ARGS
 CONF = Path(__file__).resolve().parents[2] / "conf"
 PARAMS = {"data_generation": DataGenerationParams, "data_filtering": DataFilteringParams,
           "tokenizer_pretraining": TokenizerPretrainingParams, "decoder_gan": DecoderGANParams,
-          "latent_extraction": LatentExtractionParams, "dit_training": DiTTrainingParams}
+          "latent_extraction": LatentExtractionParams, "dit_training": DiTTrainingParams,
+          "evaluation": EvaluationParams}
 
 
 def parameters_of(env: str) -> dict:
@@ -44,3 +46,9 @@ def test_paper_dit_is_xl_1_on_imagenet_recipe() -> None:
     assert (model.depth, model.width, model.heads, model.patch_size) == (28, 1152, 16, 1)
     assert dit.trainer.budget.value == 100_000 and dit.data.batch_size * dit.launcher.nproc_per_node == 1024
     assert dit.sampling.num_samples == 50_000 and dit.sampling.num_steps == 250
+
+
+def test_paper_evaluation_is_inception_on_adm_reference_batch() -> None:
+    evaluation = EvaluationParams.model_validate(parameters_of("paper")["evaluation"])
+    assert evaluation.feature_spaces[0] == "inception" and evaluation.generation.reference.endswith(".npz")
+    assert evaluation.reconstruction.lpips_backbone == "vgg" and evaluation.understanding.features == "bottleneck"

@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.pipelines.conftest import kedro, run_folders
 from vtp_kedro.vtp import load_tokenizer
-from vtp_kedro.vtp.data.imagefolder import labelled_image_batches
+from vtp_kedro.vtp.data.imagefolder import cropped_batches
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +32,7 @@ def test_writes_a_loadable_tokenizer_with_the_same_encoder_and_its_reports(gan_p
     before = load_tokenizer(gan_project / "data/06_models/pretrained_tokenizer")
     after = load_tokenizer(gan_project / "data/06_models/gan_tokenizer")
     also = load_tokenizer(gan_project / "data/06_models/decoder_gan")  # the full checkpoint loads too
-    images = next(labelled_image_batches(gan_project / "data/01_raw/labelled_images", "val", 32, 8))
+    images = next(cropped_batches(gan_project / "data/01_raw/labelled_images", "val", 32, 8))[0].float() / 255
     assert torch.equal(after.encode(images), before.encode(images))
     assert torch.equal(also.decode(after.encode(images)), after.decode(after.encode(images)))
     assert not torch.equal(after.decode(after.encode(images)), before.decode(before.encode(images)))

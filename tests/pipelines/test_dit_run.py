@@ -1,4 +1,4 @@
-"""`kedro run --env ci` of latent_extraction and dit_training after the tokenizer stages, on a copy of the project."""
+"""`kedro run --env ci` of latent_extraction, dit_training and evaluation after the tokenizer stages, on a copy of the project."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from mlflow.tracking import MlflowClient
 
 from tests.pipelines.conftest import kedro
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.slow
 def dit_project(filtered_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     project = tmp_path_factory.mktemp("dit") / "project"
     shutil.copytree(filtered_project, project, symlinks=True)
-    for pipeline in ("tokenizer_pretraining", "decoder_gan", "latent_extraction", "dit_training"):
+    for pipeline in ("tokenizer_pretraining", "decoder_gan", "latent_extraction", "dit_training", "evaluation"):
         kedro(project, "run", "--env", "ci", "--pipeline", pipeline)
     return project
 
@@ -59,3 +60,63 @@ def test_extraction_rerun_keeps_finished_shards(dit_project: Path) -> None:
     before = shard.stat().st_mtime_ns
     kedro(dit_project, "run", "--env", "ci", "--pipeline", "latent_extraction")
     assert shard.stat().st_mtime_ns == before
+
+
+def _keys(tree: object) -> set[str]:
+    if isinstance(tree, dict):
+        return set(tree) | {key for value in tree.values() for key in _keys(value)}
+    return set()
+
+
+def test_evaluation_writes_every_family_the_summary_the_pictures_and_the_mlflow_run(dit_project: Path) -> None:
+    report = dit_project / "data/08_reporting/evaluation"
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert {"reconstruction", "understanding", "generation"} <= set(metrics)
+    for stage in ("pre_gan", "post_gan"):
+        assert {"psnr", "ssim", "lpips", "rfid_ref", "class_acc_ref"} <= set(metrics["reconstruction"][stage])
+    probe = metrics["understanding"]["linear_probe"]
+    assert 0 <= probe["top1"] <= 1 and probe["chance"] == 0.1 and "pixel_baseline_top1" in probe
+    assert metrics["understanding"]["zero_shot"]["templates"] == "generic"
+    generation = metrics["generation"]
+    assert generation["unguided"]["cfg_scale"] == 1.0 and generation["guided"]["cfg_scale"] == 2.0
+    for entry in (generation["unguided"], generation["guided"]):
+        assert {"gfid_ref", "is_ref", "precision_ref", "recall_ref", "gen_class_acc"} <= set(entry)
+        protocol = entry["protocol"]["reference"]
+        assert protocol["generated_images"] == 20 and protocol["reference_images"] == 40
+        assert protocol["sampler"]["num_steps"] == 4 and protocol["extractor"] == "vtp-reference-classifier"
+    assert not {"rfid", "gfid", "is", "precision", "recall"} & _keys(metrics)  # no Inception weights here
+    summary = (report / "summary.md").read_text()
+    assert "| understanding | linear probe top-1" in summary and "gFID unguided (reference)" in summary
+    for picture in ("reconstructions", "samples_per_class", "linear_probe_confusion", "training_curves"):
+        assert (report / f"{picture}.png").read_bytes()[:4] == b"\x89PNG"
+    client = MlflowClient(tracking_uri=f"sqlite:///{dit_project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("vtp-kedro")
+    (run,) = client.search_runs([experiment.experiment_id], "tags.kedro_pipeline = 'evaluation'", max_results=1)
+    assert "evaluation.understanding.linear_probe.top1" in run.data.metrics
+    assert "evaluation.generation.guided.gen_class_acc" in run.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
+    assert {"evaluation/metrics.json", "evaluation/summary.md", "evaluation/samples_per_class.png"} <= artifacts
+
+
+def test_a_foreign_labelled_folder_runs_through_extraction_dit_and_evaluation(dit_project: Path,
+                                                                               tmp_path_factory) -> None:
+    project = tmp_path_factory.mktemp("foreign") / "project"
+    shutil.copytree(dit_project, project, symlinks=True)
+    root = tmp_path_factory.mktemp("folder")
+    rng = np.random.default_rng(0)
+    classes = ("apple", "violin", "zebra")
+    for split, count in (("train", 8), ("val", 4)):
+        for label, name in enumerate(classes):
+            (root / split / name).mkdir(parents=True)
+            for index in range(count):
+                pixels = rng.integers(0, 200, (40, 48, 3), dtype=np.uint8)
+                pixels[..., label] = 255
+                Image.fromarray(pixels).save(root / split / name / f"{index}.png")
+    overrides = (f"latent_extraction.image_root={root},evaluation.image_root={root},"
+                 "dit_training.sampling.num_samples=12,dit_training.sampling.batch_size=6")
+    for pipeline in ("latent_extraction", "dit_training", "evaluation"):
+        kedro(project, "run", "--env", "ci", "--pipeline", pipeline, "--params", overrides)
+    metrics = json.loads((project / "data/08_reporting/evaluation/metrics.json").read_text())
+    assert set(metrics["generation"]["guided"]["gen_class_acc_per_class"]) == set(classes)
+    assert metrics["understanding"]["linear_probe"]["val_images"] == 12
+    assert metrics["reconstruction"]["post_gan"]["images"] == 12

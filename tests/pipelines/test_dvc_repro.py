@@ -34,6 +34,7 @@ def test_dvc_repro_runs_stages_once_and_push_pull_restore_data(project: Path, tm
     assert "Running stage 'data_filtering'" in first
     assert "Running stage 'tokenizer_pretraining'" in first
     assert "Running stage 'decoder_gan'" in first
+    assert "Running stage 'evaluation'" in first
     assert (project / "dvc.lock").exists()
     assert any((project / "data/03_primary/filtered_shards").glob("*.tar"))
 
@@ -41,7 +42,7 @@ def test_dvc_repro_runs_stages_once_and_push_pull_restore_data(project: Path, tm
     assert "Running stage" not in second
 
     metrics = run(project, dvc, "metrics", "show")
-    assert "kept" in metrics
+    assert "kept" in metrics and "linear_probe.top1" in metrics
 
     remote = tmp_path / "remote"
     run(project, dvc, "remote", "modify", "--local", "local", "url", str(remote))

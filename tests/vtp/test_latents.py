@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
+from vtp_kedro.vtp.data.imagefolder import center_crop_arr
 from vtp_kedro.vtp.data.latents import (
     LatentExtractionConfig,
-    center_crop_arr,
     extract_latents,
     iter_latent_shards,
     latent_stats,

@@ -24,10 +24,15 @@ from typing import Any
 import torch
 from safetensors import safe_open
 from torch import Tensor, nn
+from torch.nn import functional as F
 
-from vtp_kedro.vtp.data.preprocess import denormalize, normalize
+from vtp_kedro.vtp.data.preprocess import denormalize, tokenize
+from vtp_kedro.vtp.data.preprocess import normalize as normalize_pixels  # frees the name for open_clip's normalize=
 from vtp_kedro.vtp.io import atomic_path
-from vtp_kedro.vtp.models.tokenizer import TokenizerConfig, VisualTokenizer
+from vtp_kedro.vtp.models.heads import CLIPProjection
+from vtp_kedro.vtp.models.text import TextEncoder
+from vtp_kedro.vtp.models.tokenizer import TokenizerConfig, TokenizerFeatures, VisualTokenizer
+from vtp_kedro.vtp.models.vtp import VTPConfig
 from vtp_kedro.vtp.tensors import save_tensors
 from vtp_kedro.vtp.train.checkpoint import INFERENCE_WEIGHTS_FILE, MODEL_FILE, load_state_strictly
 
@@ -69,11 +74,18 @@ class Tokenizer(nn.Module):
     def encode(self, images: Tensor) -> Tensor:
         if not images.is_floating_point():
             raise TypeError(f"images must be float in [0, 1]; got {images.dtype} (divide uint8 pixels by 255)")
-        return self.net.encode(normalize(images))
+        return self.net.encode(normalize_pixels(images))
 
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:
         return denormalize(self.net.decode(latents))
+
+    @torch.no_grad()
+    def features(self, images: Tensor) -> TokenizerFeatures:
+        """One encoder pass over images in [0, 1]: trunk tokens, latent tokens (CLS first) and the grid."""
+        if not images.is_floating_point():
+            raise TypeError(f"images must be float in [0, 1]; got {images.dtype} (divide uint8 pixels by 255)")
+        return self.net.forward_features(normalize_pixels(images))
 
 
 def tokenizer_state(model_state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -160,3 +172,62 @@ def load_tokenizer(path: str | Path, device: str | torch.device = "cpu") -> Toke
     load_state_strictly(tokenizer.net, _read_selected(source.weights, source.prefix),
                         f"{path}: the weights for its tokenizer config")
     return tokenizer.to(device)
+
+
+class CLIPTowers(nn.Module):
+    """The image and text towers of a checkpoint trained with the contrastive objective, for zero-shot use.
+
+    ``encode_image(images)`` reads images in [0, 1] and projects the CLS token of the features
+    the CLIP head was trained on (``semantic_features``: bottleneck or trunk); ``encode_text``
+    reads BPE ids from ``tokenize``. Both accept ``normalize`` as open_clip's models do, so
+    open_clip's zero-shot helpers take this module as it is.
+    """
+
+    def __init__(self, config: VTPConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.tokenizer = VisualTokenizer(config.tokenizer)
+        semantic_dim = (config.tokenizer.encoder.width if config.semantic_features == "trunk"
+                        else config.tokenizer.latent_dim)
+        self.text = TextEncoder(config.text, config.embed_dim)
+        self.clip_projection = CLIPProjection(semantic_dim, config.embed_dim)
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> CLIPTowers:
+        return super().train(False)
+
+    def tokenize(self, texts: list[str]) -> Tensor:
+        return tokenize(texts, self.config.text.context_length)
+
+    @torch.no_grad()
+    def encode_image(self, images: Tensor, normalize: bool = False) -> Tensor:
+        features = self.tokenizer.forward_features(normalize_pixels(images))
+        embedding = self.clip_projection(VisualTokenizer.semantic_features(features, self.config.semantic_features)[:, 0])
+        return F.normalize(embedding, dim=-1) if normalize else embedding
+
+    @torch.no_grad()
+    def encode_text(self, tokens: Tensor, normalize: bool = False) -> Tensor:
+        embedding = self.text(tokens)
+        return F.normalize(embedding, dim=-1) if normalize else embedding
+
+
+class NoTextTowerError(ValueError):
+    """The checkpoint was trained without the contrastive objective: there is nothing to zero-shot with."""
+
+
+def load_clip_towers(path: str | Path, device: str | torch.device = "cpu") -> CLIPTowers:
+    """The CLIP towers of a pre-training checkpoint folder (``model.safetensors`` beside its run config)."""
+    folder = Path(path)
+    config = _run_config(folder)
+    if not (folder / MODEL_FILE).is_file() or config is None or "task" not in config:
+        raise ValueError(f"{folder} is not a pre-training checkpoint ({MODEL_FILE} with its run's "
+                         f"{INFERENCE_CONFIG_FILE}); zero-shot needs the text tower, which inference folders omit")
+    model_config = VTPConfig.model_validate(config["task"]["model"])
+    if model_config.lambdas[2] == 0:
+        raise NoTextTowerError(f"{folder}: objective {model_config.objective!r} trains no text tower (lambda_clip = 0)")
+    towers = CLIPTowers(model_config)
+    state = {f"{prefix}{key}": value for prefix in ("tokenizer.", "text.", "clip_projection.")
+             for key, value in _read_selected(folder / MODEL_FILE, prefix).items()}
+    load_state_strictly(towers, state, f"{folder}: the CLIP towers of its config")
+    return towers.to(device)

@@ -27,6 +27,12 @@ KNOWN_WEIGHTS: dict[str, KnownWeights] = {
         url="https://download.pytorch.org/models/vgg16-397923af.pth",
         used_by="the LPIPS perceptual loss (torchvision VGG16, ImageNet weights)",
     ),
+    "weights-inception-2015-12-05-6726825d.pth": KnownWeights(
+        url="https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
+            "weights-inception-2015-12-05-6726825d.pth",
+        used_by="FID, Inception Score and precision/recall (torch-fidelity's inception-v3-compat, "
+                "the TF Inception of ADM's evaluator)",
+    ),
 }
 
 

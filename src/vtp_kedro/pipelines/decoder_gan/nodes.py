@@ -15,7 +15,7 @@ from pydantic import Field
 
 from vtp_kedro.datasets.folder import FolderWriter
 from vtp_kedro.vtp.config import Config
-from vtp_kedro.vtp.data.imagefolder import labelled_image_batches
+from vtp_kedro.vtp.data.imagefolder import cropped_batches
 from vtp_kedro.vtp.data.loader import PretrainDataConfig
 from vtp_kedro.vtp.data.shards import expand_urls
 from vtp_kedro.vtp.inference import load_tokenizer, tokenizer_source, tokenizer_state, write_tokenizer_files
@@ -105,19 +105,15 @@ def compare_reconstructions(pretrained_tokenizer: Path, gan_tokenizer: Path, raw
     size = tokenizers["post_gan"].image_size
 
     def batches():
-        return labelled_image_batches(raw_labelled_images, settings.split, size, settings.batch_size,
-                                      settings.max_images)
+        return cropped_batches(raw_labelled_images, settings.split, size, settings.batch_size, settings.max_images)
 
-    report: dict[str, Any] = {
-        name: measure_reconstruction(tok, batches(), backbone, params.model.reconstruction.weights_dir)
-        for name, tok in tokenizers.items()
-    }
+    report: dict[str, Any] = measure_reconstruction(tokenizers, batches(), backbone,
+                                                    params.model.reconstruction.weights_dir)
     report["protocol"] = {"images": f"{raw_labelled_images}/{settings.split}", "image_size": size,
                           "lpips_backbone": backbone, "ssim": "gaussian 11x11, sigma 1.5", "psnr": "data range 1"}
     metrics = {f"{name}.{metric}": {"value": float(value), "step": 0}
                for name in tokenizers for metric, value in report[name].items()}
-    originals = next(labelled_image_batches(raw_labelled_images, settings.split, size, settings.grid_images,
-                                            settings.grid_images))
+    originals = next(batches())[0][:settings.grid_images].float() / 255
     rows = {"original": originals, **{name.replace("_", "-"): tok.decode(tok.encode(originals))
                                       for name, tok in tokenizers.items()}}
     figure = plot_image_grid(rows, title=f"{settings.split} reconstructions (LPIPS backbone: {backbone})")

@@ -19,7 +19,7 @@ from vtp_kedro.vtp.metrics.reconstruction import plot_image_grid
 from vtp_kedro.vtp.models.dit import DIT_PRESETS, DiTConfig
 from vtp_kedro.vtp.io import atomic_path
 from vtp_kedro.vtp.jobs.sample_dit import JOB as SAMPLING
-from vtp_kedro.vtp.jobs.sample_dit import SamplingJobConfig, read_samples
+from vtp_kedro.vtp.jobs.sample_dit import SAME_AS_KEY, SETTINGS_FILE, SamplingJobConfig, read_samples
 from vtp_kedro.vtp.sampling import SampleSetConfig
 from vtp_kedro.vtp.train.curves import plot_curves
 from vtp_kedro.vtp.train.dit_training import TASK_FACTORY, DiTTrainingConfig
@@ -110,26 +110,50 @@ def plot_dit_curves(dit_training_log: list[dict[str, Any]]) -> Figure:
     return plot_curves(dit_training_log, title="LightningDiT training (flow matching)", panels=DIT_PANELS)
 
 
-def sample_dit(dit_checkpoint: dict[str, Any], gan_tokenizer: Path, latents: Path,
-               params: DiTTrainingParams) -> FolderWriter:
-    """The writer of the sample folder: class-conditional samples from the EMA weights, decoded by the
-    tokenizer (``vtp.jobs.sample_dit``: PNGs, ADM's NPZ, the settings), on the launcher's devices."""
-    settings = params.sampling
+def _sample_set(dit_checkpoint: dict[str, Any], gan_tokenizer: Path, latents: Path, params: DiTTrainingParams,
+                samples: SampleSetConfig, job_name: str) -> FolderWriter:
     classes = _latent_record(latents)["classes"]
     task = DiTTrainingConfig.model_validate(dit_checkpoint["config"]["task"])
     load_tokenizer(gan_tokenizer, "cpu")  # a wrong folder fails now, before any process starts
 
     def write(folder: Path) -> None:
-        job_dir = job_folder(Path(params.runs_dir) / "samples")
+        job_dir = job_folder(Path(params.runs_dir) / job_name)
         job = SamplingJobConfig(task=task, weights=dit_checkpoint["path"], tokenizer=str(gan_tokenizer),
-                                classes=classes, output=str(folder), device=settings.device,
-                                samples=SampleSetConfig(**{k: getattr(settings, k) for k in SampleSetConfig.model_fields}),
+                                classes=classes, output=str(folder), device=params.sampling.device, samples=samples,
                                 record={"dit_step": dit_checkpoint["step"], "tokenizer": str(gan_tokenizer)})
         with atomic_path(job_dir / "job.json") as tmp:
             tmp.write_text(job.model_dump_json(indent=2))
         launch_job(job_dir / "job.json", job_dir, params.sampling.launcher, SAMPLING)
 
     return write
+
+
+def _sample_settings(params: DiTTrainingParams, **overrides: Any) -> SampleSetConfig:
+    settings = {k: getattr(params.sampling, k) for k in SampleSetConfig.model_fields}
+    return SampleSetConfig(**{**settings, **overrides})
+
+
+def sample_dit(dit_checkpoint: dict[str, Any], gan_tokenizer: Path, latents: Path,
+               params: DiTTrainingParams) -> FolderWriter:
+    """The writer of the sample folder: class-conditional samples from the EMA weights, decoded by the
+    tokenizer (``vtp.jobs.sample_dit``: PNGs, ADM's NPZ, the settings), on the launcher's devices."""
+    return _sample_set(dit_checkpoint, gan_tokenizer, latents, params, _sample_settings(params), "samples")
+
+
+def sample_dit_unguided(dit_checkpoint: dict[str, Any], gan_tokenizer: Path, latents: Path,
+                        params: DiTTrainingParams) -> FolderWriter:
+    """The same samples without guidance (CFG scale 1), which evaluation scores beside the guided ones.
+
+    When the configured scale is already 1 the guided set is this set: only ``sampling.json``
+    is written, pointing there (``SAME_AS_KEY``), so paper-scale runs do not sample 50k twice.
+    """
+    if params.sampling.cfg_scale == 1.0:
+        def point_to_guided(folder: Path) -> None:
+            record = {SAME_AS_KEY: "dit_samples", "reason": "sampling.cfg_scale is 1.0: the guided set has no guidance"}
+            (folder / SETTINGS_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        return point_to_guided
+    return _sample_set(dit_checkpoint, gan_tokenizer, latents, params, _sample_settings(params, cfg_scale=1.0),
+                       "samples_unguided")
 
 
 def plot_dit_samples(dit_samples: Path, params: DiTTrainingParams) -> Figure:

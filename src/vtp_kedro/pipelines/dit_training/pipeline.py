@@ -1,6 +1,12 @@
 from kedro.pipeline import Pipeline, node, pipeline
 
-from vtp_kedro.pipelines.dit_training.nodes import plot_dit_curves, plot_dit_samples, sample_dit, train_dit
+from vtp_kedro.pipelines.dit_training.nodes import (
+    plot_dit_curves,
+    plot_dit_samples,
+    sample_dit,
+    sample_dit_unguided,
+    train_dit,
+)
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -18,6 +24,12 @@ def create_pipeline(**kwargs) -> Pipeline:
                 inputs=["dit_checkpoint", "gan_tokenizer", "latents", "params:dit_training"],
                 outputs="dit_samples",
                 name="sample_dit",
+            ),
+            node(
+                sample_dit_unguided,
+                inputs=["dit_checkpoint", "gan_tokenizer", "latents", "params:dit_training"],
+                outputs="dit_samples_unguided",
+                name="sample_dit_unguided",
             ),
             node(plot_dit_samples, inputs=["dit_samples", "params:dit_training"], outputs="dit_sample_grid",
                  name="plot_dit_samples"),

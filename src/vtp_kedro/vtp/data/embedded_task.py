@@ -9,8 +9,9 @@ useful yardstick for tokenizers if it sits between two bounds:
   representation (position, colour and background must be factored out).
 
 A tokenizer's linear probe on its bottleneck latents should land between them. This module
-holds the three references (``train_cnn``, ``linear_probe``, ``knn_accuracy``) and the
-helpers that load a split as tensors; ``benchmarks/embedded_task.py`` prints them as a table.
+holds the supervised reference (``train_cnn``) and the helpers that load a split as tensors;
+the probes on frozen features are ``metrics.understanding``'s, and
+``benchmarks/embedded_task.py`` prints all of them as a table.
 Everything is seeded and runs on CPU in minutes.
 """
 
@@ -112,7 +113,8 @@ class CNNResult:
     epochs: int
 
 
-def _standardize(images: Tensor) -> Tensor:
+def standardize_pixels(images: Tensor) -> Tensor:
+    """uint8 pixels -> roughly zero-mean, unit-variance floats: (x / 255 - 0.5) / 0.25, what SmallCNN reads."""
     x = images.float() / 255.0
     return (x - 0.5) / 0.25
 
@@ -135,7 +137,7 @@ def train_cnn(train: LabelledSplit, val: LabelledSplit, *, epochs: int = 20, bat
         optimizer,
         lambda step: (step + 1) / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup))),
     )
-    x_train = _standardize(train.images)
+    x_train = standardize_pixels(train.images)
     start = time.perf_counter()
     for _ in range(epochs):
         model.train()
@@ -161,70 +163,6 @@ def cnn_accuracy(model: nn.Module, split: LabelledSplit, batch_size: int = 256) 
     model.eval()
     correct = 0
     for first in range(0, len(split.labels), batch_size):
-        logits = model(_standardize(split.images[first:first + batch_size]))
+        logits = model(standardize_pixels(split.images[first:first + batch_size]))
         correct += int((logits.argmax(1) == split.labels[first:first + batch_size]).sum())
     return correct / len(split.labels)
-
-
-# ---- linear probe and k-NN on frozen features -----------------------------------------------
-
-
-@dataclass(frozen=True)
-class ProbeResult:
-    val_top1: float
-    train_top1: float
-    weight_decay: float
-
-
-def linear_probe(train_x: Tensor, train_y: Tensor, val_x: Tensor, val_y: Tensor, classes: int, *,
-                 weight_decays: tuple[float, ...] = (1e-1, 1e-2, 1e-3, 1e-4), max_iter: int = 100) -> ProbeResult:
-    """Multinomial logistic regression on standardised frozen features, the best of an L2 sweep.
-
-    Features are standardised with the train split's per-dimension mean and std. For each
-    ``lambda`` in ``weight_decays`` (strongest first, each fit warm-started from the previous
-    one), full-batch L-BFGS minimises ``mean_i CE(W x_i + b, y_i) + lambda / 2 * ||W||^2``.
-    The reported top-1 is the best on val, so it is an upper bound of what a linear readout of
-    these features reaches.
-    """
-    mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
-    xt, xv = (train_x - mean) / std, (val_x - mean) / std
-    linear = nn.Linear(xt.shape[1], classes)
-    nn.init.zeros_(linear.weight)
-    nn.init.zeros_(linear.bias)
-    best: ProbeResult | None = None
-    for weight_decay in sorted(weight_decays, reverse=True):
-        optimizer = torch.optim.LBFGS(linear.parameters(), lr=1.0, max_iter=max_iter, history_size=20,
-                                      line_search_fn="strong_wolfe", tolerance_grad=1e-6, tolerance_change=1e-9)
-
-        def closure() -> Tensor:
-            optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(linear(xt), train_y) + 0.5 * weight_decay * linear.weight.pow(2).sum()
-            loss.backward()
-            return loss
-
-        optimizer.step(closure)
-        with torch.no_grad():
-            result = ProbeResult(
-                val_top1=float((linear(xv).argmax(1) == val_y).float().mean()),
-                train_top1=float((linear(xt).argmax(1) == train_y).float().mean()),
-                weight_decay=weight_decay,
-            )
-        if best is None or result.val_top1 > best.val_top1:
-            best = result
-    if best is None:
-        raise ValueError("weight_decays is empty")
-    return best
-
-
-def knn_accuracy(train_x: Tensor, train_y: Tensor, val_x: Tensor, val_y: Tensor, classes: int, *, k: int = 20,
-                 temperature: float = 0.07) -> float:
-    """Weighted k-NN top-1 (DINO's): cosine similarity ``s`` of centred features, votes ``exp(s / T)`` of the k nearest."""
-    mean = train_x.mean(0)
-    xt = F.normalize(train_x - mean, dim=1)
-    xv = F.normalize(val_x - mean, dim=1)
-    correct = 0
-    for first in range(0, len(xv), 512):
-        similarity, index = (xv[first:first + 512] @ xt.T).topk(min(k, len(xt)), dim=1)
-        votes = torch.zeros(len(index), classes).scatter_add_(1, train_y[index], (similarity / temperature).exp())
-        correct += int((votes.argmax(1) == val_y[first:first + 512]).sum())
-    return correct / len(val_y)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import DatasetFolder
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpeg", ".jpg", ".png", ".webp")  # matched case-insensitively
@@ -98,27 +99,36 @@ def iter_labelled_images(
         yield Path(path).relative_to(folder.split_dir).with_suffix("").as_posix(), image, label
 
 
-def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
-    """The shorter side resized to ``size`` (bicubic), then the centre ``size`` x ``size`` square."""
-    width, height = image.size
-    side = min(width, height)
-    left, top = (width - side) / 2, (height - side) / 2
-    if image.size == (size, size):
-        return image
-    return image.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side))
+def center_crop_arr(image: Image.Image, image_size: int) -> np.ndarray:
+    """ADM's ``center_crop_arr``: box-halve while the short side >= 2x the target, bicubic resize, centre crop."""
+    while min(*image.size) >= 2 * image_size:
+        image = image.resize(tuple(x // 2 for x in image.size), resample=Image.Resampling.BOX)
+    scale = image_size / min(*image.size)
+    image = image.resize(tuple(round(x * scale) for x in image.size), resample=Image.Resampling.BICUBIC)
+    array = np.asarray(image.convert("RGB"))
+    top, left = (array.shape[0] - image_size) // 2, (array.shape[1] - image_size) // 2
+    return array[top:top + image_size, left:left + image_size]
 
 
-def labelled_image_batches(root: str | Path, split: str, image_size: int, batch_size: int,
-                           max_images: int | None = None) -> Iterator[torch.Tensor]:
-    """Batches (B, 3, S, S) of a split's images in [0, 1], in the folder's fixed order (the first
-    ``max_images`` of them; None: all), resized and centre-cropped to ``image_size``."""
-    batch: list[np.ndarray] = []
-    for index, (_, image, _) in enumerate(iter_labelled_images(root, split)):
-        if max_images is not None and index >= max_images:
-            break
-        batch.append(np.asarray(resize_center_crop(image, image_size)))
-        if len(batch) == batch_size:
-            yield torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).float().div(255)
-            batch = []
-    if batch:
-        yield torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).float().div(255)
+class CroppedImages(Dataset):
+    """``(uint8 (3, S, S) pixels, label)`` of (path, label) samples, through ``center_crop_arr``."""
+
+    def __init__(self, samples: list[tuple[str, int]], image_size: int) -> None:
+        self.samples, self.image_size = samples, image_size
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path, label = self.samples[index]
+        pixels = center_crop_arr(decode_image_file(path), self.image_size)
+        return torch.from_numpy(pixels.copy()).permute(2, 0, 1), label
+
+
+def cropped_batches(root: str | Path, split: str, image_size: int, batch_size: int, max_images: int | None = None,
+                    num_workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(uint8 (B, 3, S, S), labels (B,))`` batches of a split in the folder's fixed order (its first
+    ``max_images``; None: all), preprocessed as latent extraction does (``center_crop_arr``),
+    decoded by ``num_workers`` processes."""
+    samples = LabelledImageFolder(root, split).samples[:max_images]
+    yield from DataLoader(CroppedImages(samples, image_size), batch_size=batch_size, num_workers=num_workers)

@@ -1,6 +1,6 @@
 """Latent shards: a labelled image folder encoded once by a tokenizer, for DiT training and evaluation.
 
-Preprocessing is ADM's / LightningDiT's ``center_crop_arr``: halve the image with a box filter
+Preprocessing is ADM's / LightningDiT's ``center_crop_arr`` (``data.imagefolder``): halve the image with a box filter
 while its shorter side is at least twice the target, resize bicubically so the shorter side
 equals the target, crop the centre square. Every image is encoded as is and flipped left-right.
 
@@ -27,13 +27,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from pydantic import Field
 from safetensors import safe_open
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from vtp_kedro.vtp.config import Config
-from vtp_kedro.vtp.data.imagefolder import LabelledImageFolder, decode_image_file
+from vtp_kedro.vtp.data.imagefolder import CroppedImages, LabelledImageFolder
 from vtp_kedro.vtp.io import atomic_path
 from vtp_kedro.vtp.progress import Progress
 from vtp_kedro.vtp.tensors import load_tensors, save_tensors
@@ -46,17 +45,6 @@ EXTRACTION_FILE = "extraction.json"  # what made the shards (identity) and the c
 SHARD_PATTERN = "shard_{:05d}.safetensors"
 
 
-def center_crop_arr(image: Image.Image, image_size: int) -> np.ndarray:
-    """ADM's ``center_crop_arr``: box-halve while the short side >= 2x the target, bicubic resize, centre crop."""
-    while min(*image.size) >= 2 * image_size:
-        image = image.resize(tuple(x // 2 for x in image.size), resample=Image.Resampling.BOX)
-    scale = image_size / min(*image.size)
-    image = image.resize(tuple(round(x * scale) for x in image.size), resample=Image.Resampling.BICUBIC)
-    array = np.asarray(image.convert("RGB"))
-    top, left = (array.shape[0] - image_size) // 2, (array.shape[1] - image_size) // 2
-    return array[top:top + image_size, left:left + image_size]
-
-
 class LatentExtractionConfig(Config):
     image_size: int = Field(gt=0, description="images are centre-cropped to this side before encoding")
     batch_size: int = Field(64, gt=0)
@@ -64,19 +52,6 @@ class LatentExtractionConfig(Config):
     num_workers: int = Field(2, ge=0, description="image-decoding worker processes")
     splits: tuple[str, ...] = ("train", "val")
     stats_samples: int = Field(10_000, gt=0, description="non-flipped training latents the channel stats use")
-
-
-class _CroppedImages(Dataset):
-    def __init__(self, samples: list[tuple[str, int]], image_size: int) -> None:
-        self.samples, self.image_size = samples, image_size
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        path, label = self.samples[index]
-        pixels = center_crop_arr(decode_image_file(path), self.image_size)
-        return torch.from_numpy(pixels.copy()).permute(2, 0, 1), label
 
 
 @torch.no_grad()
@@ -153,7 +128,7 @@ def extract_latents(tokenizer: Any, image_root: str | Path, output_dir: str | Pa
 
 def _encode_shard(tokenizer: Any, shard: list[tuple[str, int]], split_dir: Path, path: Path,
                   config: LatentExtractionConfig, device: torch.device, bar: Progress) -> None:
-    loader = DataLoader(_CroppedImages(shard, config.image_size), batch_size=config.batch_size,
+    loader = DataLoader(CroppedImages(shard, config.image_size), batch_size=config.batch_size,
                         num_workers=config.num_workers, persistent_workers=False)
     latents, flipped, labels = [], [], []
     for pixels, batch_labels in loader:

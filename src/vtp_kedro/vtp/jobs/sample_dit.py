@@ -34,6 +34,7 @@ from vtp_kedro.vtp.train.launcher import Job, job_main, job_process, write_job_r
 
 SAMPLES_FILE = "samples.npz"
 SETTINGS_FILE = "sampling.json"
+SAME_AS_KEY = "same_as"  # a sampling.json holding only this names the catalog entry that holds the set
 
 
 class SamplingJobConfig(Config):

@@ -4,6 +4,10 @@
     SSIM  = Wang et al. 2004, 11x11 Gaussian window (sigma 1.5), per image, averaged (torchmetrics)
     LPIPS = Zhang et al. 2018, VGG16 trunk and shipped linear heads, on [-1, 1] images
 
+rFID (``measure_reconstruction`` with feature spaces): the Fréchet distance between the features of
+the originals and of their reconstructions, quantised to uint8 as saved images would be
+(``metrics.fidelity``; ``rfid`` in Inception space, ``rfid_ref`` in the reference classifier's).
+
 LPIPS needs ImageNet VGG16 weights from the weights resolver; with ``backbone="random"`` (the
 CPU default, where none can be fetched) it is a distance in random VGG features, and the
 report says so beside the number.
@@ -11,7 +15,7 @@ report says so beside the number.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Literal
 
 import numpy as np
@@ -22,6 +26,7 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 
 from vtp_kedro.vtp.inference import Tokenizer
 from vtp_kedro.vtp.losses.reconstruction import build_lpips
+from vtp_kedro.vtp.metrics.fidelity import FeatureSpace, extract_features, fid_statistics, frechet_distance
 
 
 class ReconstructionMetrics:
@@ -52,16 +57,56 @@ class ReconstructionMetrics:
         return {name: total / self.count for name, total in self.sums.items()}
 
 
-def measure_reconstruction(tokenizer: Tokenizer, batches: Iterable[Tensor],
-                           lpips_backbone: Literal["vgg", "random"] = "vgg",
-                           weights_dir: str | None = None) -> dict[str, float]:
-    """``{"psnr", "ssim", "lpips", "images"}`` of ``decode(encode(x))`` over batches of images in [0, 1]."""
-    metrics = ReconstructionMetrics(lpips_backbone, weights_dir)
-    device = next(tokenizer.parameters()).device
-    for images in batches:
-        images = images.to(device)
-        metrics.update(tokenizer.decode(tokenizer.encode(images)), images)
-    return {**metrics.compute(), "images": metrics.count}
+def to_uint8(images: Tensor) -> Tensor:
+    """Images in [0, 1] -> uint8, rounded as a PNG writer would."""
+    return (images.float().clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def measure_reconstruction(tokenizers: dict[str, Tokenizer], batches: Iterable[tuple[Tensor, Tensor]],
+                           lpips_backbone: Literal["vgg", "random"] = "vgg", weights_dir: str | None = None,
+                           spaces: Sequence[FeatureSpace] = (), classifier: FeatureSpace | None = None,
+                           ) -> dict[str, dict[str, float]]:
+    """``{name: {"psnr", "ssim", "lpips", "images", "rfid<suffix>" per space}}`` of ``decode(encode(x))``
+    for every tokenizer, in one pass over ``(uint8 images, labels)`` batches.
+
+    With a ``classifier`` (the reference classifier's space), also ``class_acc_ref``: how often it
+    still recognises the label in the reconstructions, and on the originals under ``"original"``
+    (the ceiling of what a decoder can keep, and of a generator's gen_class_acc).
+    """
+    metrics = {name: ReconstructionMetrics(lpips_backbone, weights_dir) for name in tokenizers}
+    extractors = {space.name: space.create() for space in (*spaces, *([classifier] if classifier else []))}
+    features: dict[tuple[str, str], list[Tensor]] = {}
+    correct = dict.fromkeys(("original", *tokenizers), 0)
+    for images, labels in batches:
+        if images.dtype != torch.uint8:
+            raise TypeError(f"reconstruction metrics read uint8 images; got {images.dtype}")
+        originals = images.float() / 255
+        pairs = {"original": images}
+        for name, tokenizer in tokenizers.items():
+            device = next(tokenizer.parameters()).device
+            reconstruction = tokenizer.decode(tokenizer.encode(originals.to(device))).cpu()
+            metrics[name].update(reconstruction, originals)
+            pairs[name] = to_uint8(reconstruction)
+        for name, pixels in pairs.items():
+            for space in spaces:
+                value = extract_features(extractors[space.name], [pixels])[space.fid_layer]
+                features.setdefault((space.name, name), []).append(value)
+            if classifier is not None:
+                logits = extract_features(extractors[classifier.name], [pixels])[classifier.isc_layer]
+                correct[name] += int((logits.argmax(1) == labels).sum())
+    report: dict[str, dict[str, float]] = {}
+    for name in tokenizers:
+        report[name] = {**metrics[name].compute(), "images": metrics[name].count}
+        for space in spaces:
+            original = fid_statistics(torch.cat(features[(space.name, "original")]))
+            report[name][f"rfid{space.suffix}"] = frechet_distance(
+                original, fid_statistics(torch.cat(features[(space.name, name)])))
+    if classifier is not None:
+        count = report[next(iter(tokenizers))]["images"]
+        report["original"] = {"class_acc_ref": correct["original"] / count}
+        for name in tokenizers:
+            report[name]["class_acc_ref"] = correct[name] / count
+    return report
 
 
 def plot_image_grid(rows: dict[str, Tensor], title: str = "") -> Figure:

@@ -27,23 +27,36 @@ def read_metrics_log(run_dir: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _draw_panel(ax: Any, records: list[dict[str, Any]], names: tuple[str, ...], title: str) -> None:
+    steps = [record["step"] for record in records]
+    plotted = [name for name in names if any(name in record for record in records)]
+    values = {name: [record.get(name, math.nan) for record in records] for name in plotted}
+    for name, series in values.items():
+        ax.plot(steps, series, label=name)
+    finite = [v for series in values.values() for v in series if not math.isnan(v)]
+    if finite and min(finite) > 0:
+        ax.set_yscale("log")
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    if plotted:
+        ax.legend(fontsize="small")
+
+
 def plot_curves(records: list[dict[str, Any]], title: str,
                 panels: tuple[tuple[str, tuple[str, ...]], ...] = PANELS) -> Figure:
     """One panel per ``(title, metric names)`` group, each present metric against the step
     (log-scale y where every value is positive)."""
     figure = Figure(figsize=(5 * len(panels), 4), layout="constrained")
     figure.suptitle(title)
-    steps = [record["step"] for record in records]
     for ax, (panel, names) in zip(figure.subplots(1, len(panels)), panels, strict=True):
-        plotted = [name for name in names if any(name in record for record in records)]
-        values = {name: [record.get(name, math.nan) for record in records] for name in plotted}
-        for name, series in values.items():
-            ax.plot(steps, series, label=name)
-        finite = [v for series in values.values() for v in series if not math.isnan(v)]
-        if finite and min(finite) > 0:
-            ax.set_yscale("log")
-        ax.set_title(panel)
-        ax.set_xlabel("step")
-        if plotted:
-            ax.legend(fontsize="small")
+        _draw_panel(ax, records, names, panel)
+    return figure
+
+
+def plot_stage_curves(stages: dict[str, tuple[list[dict[str, Any]], tuple[str, ...]]], title: str) -> Figure:
+    """Every stage's losses in one figure: ``{stage title: (records, metric names)}``, one panel each."""
+    figure = Figure(figsize=(5 * len(stages), 4), layout="constrained")
+    figure.suptitle(title)
+    for ax, (stage, (records, names)) in zip(figure.subplots(1, len(stages), squeeze=False)[0], stages.items()):
+        _draw_panel(ax, records, names, stage)
     return figure

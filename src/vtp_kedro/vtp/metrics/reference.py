@@ -1,0 +1,136 @@
+"""The reference classifier: a feature space for FID-type metrics where no Inception weights exist.
+
+Without ImageNet Inception weights (offline machines, or labelled data far from ImageNet) the
+evaluation trains ``SmallCNN`` (``data.embedded_task``) on the labelled train split and measures
+FID, IS and precision/recall in its feature space instead; those numbers carry the ``_ref``
+suffix (``rfid_ref``, ``gfid_ref``, ...) and are never reported as ``rfid``/``gfid``. The
+classifier also says how often a generated sample shows the class it was asked for
+(``gen_class_acc``).
+
+A saved classifier is a folder: ``classifier.safetensors`` and ``classifier.json`` (classes,
+image size, width, its val accuracy). It is registered with torch-fidelity as the feature
+extractor ``vtp-reference-classifier``, with the folder passed as
+``feature_extractor_weights_path`` exactly as Inception's weights file is, and provides
+
+    "pool"    global-average-pooled last conv features (4 * width dims): FID and precision/recall
+    "logits"  class logits: Inception Score and gen_class_acc
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import Field
+from torch import Tensor
+from torch.nn import functional as F
+from torch_fidelity import FeatureExtractorBase, register_feature_extractor
+from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+from vtp_kedro.vtp.config import Config
+from vtp_kedro.vtp.data.embedded_task import LabelledSplit, SmallCNN, standardize_pixels, train_cnn
+from vtp_kedro.vtp.tensors import load_tensors, save_tensors
+
+REFERENCE_EXTRACTOR = "vtp-reference-classifier"
+WEIGHTS_FILE = "classifier.safetensors"
+RECORD_FILE = "classifier.json"
+RECORD_FORMAT = "vtp_kedro.reference_classifier/1"
+
+
+class ReferenceClassifierConfig(Config):
+    """``train_cnn``'s settings (AdamW, warm-up + cosine, random flips)."""
+
+    width: int = Field(32, gt=0)
+    epochs: int = Field(20, gt=0)
+    batch_size: int = Field(64, gt=0)
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    seed: int = Field(0, ge=0)
+
+
+def train_reference_classifier(train: LabelledSplit, val: LabelledSplit,
+                               config: ReferenceClassifierConfig) -> tuple[SmallCNN, dict[str, Any]]:
+    """Train on ``train`` and measure on ``val``; returns the model and the record saved beside it."""
+    result = train_cnn(train, val, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
+                       weight_decay=config.weight_decay, width=config.width, seed=config.seed)
+    record = {"format": RECORD_FORMAT, "classes": list(train.classes), "image_size": int(train.images.shape[-1]),
+              "width": config.width, "val_top1": result.val_top1, "train_top1": result.train_top1,
+              "train_images": len(train.labels), "val_images": len(val.labels),
+              "chance": val.chance, "config": config.model_dump(mode="json")}
+    return result.model, record
+
+
+def write_reference_classifier(folder: str | Path, model: SmallCNN, record: dict[str, Any]) -> None:
+    """Write the classifier's files into the existing ``folder`` (the caller makes it atomic)."""
+    save_tensors(model.state_dict(), Path(folder) / WEIGHTS_FILE)
+    (Path(folder) / RECORD_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+def read_reference_record(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder) / RECORD_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} is not a reference classifier: {RECORD_FILE} is missing "
+                                "(run the evaluation pipeline's train_reference_classifier node)")
+    record = json.loads(path.read_text())
+    if record.get("format") != RECORD_FORMAT:
+        raise ValueError(f"{path}: format {record.get('format')!r} is not {RECORD_FORMAT!r}")
+    return record
+
+
+def load_reference_classifier(folder: str | Path) -> tuple[SmallCNN, dict[str, Any]]:
+    record = read_reference_record(folder)
+    model = SmallCNN(len(record["classes"]), width=record["width"])
+    model.load_state_dict(load_tensors(Path(folder) / WEIGHTS_FILE))
+    return model.eval(), record
+
+
+class ReferenceFeatureExtractor(FeatureExtractorBase):
+    """torch-fidelity's view of the reference classifier: uint8 (B, 3, H, W) -> ("pool", "logits").
+
+    Images of another size are resized to the classifier's with antialiased bilinear
+    interpolation before the classifier's own standardisation.
+    """
+
+    def __init__(self, name: str, features_list: list[str], feature_extractor_weights_path: str | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(name, features_list)
+        if feature_extractor_weights_path is None:
+            raise ValueError(f"{REFERENCE_EXTRACTOR} needs feature_extractor_weights_path: a folder written by "
+                             "train_reference_classifier")
+        self.classifier, record = load_reference_classifier(feature_extractor_weights_path)
+        self.image_size = record["image_size"]
+        self.requires_grad_(False)
+        self.eval()
+
+    @staticmethod
+    def get_provided_features_list() -> tuple[str, ...]:
+        return "pool", "logits"
+
+    @staticmethod
+    def get_default_feature_layer_for_metric(metric: str) -> str:
+        return {"isc": "logits", "fid": "pool", "kid": "pool", "prc": "pool"}[metric]
+
+    @staticmethod
+    def can_be_compiled() -> bool:
+        return False
+
+    @staticmethod
+    def get_dummy_input_for_compile() -> Tensor:
+        return torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
+
+    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected uint8 images (B, 3, H, W); got {images.dtype} {tuple(images.shape)}")
+        x = standardize_pixels(images)
+        if x.shape[-2:] != (self.image_size, self.image_size):
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True,
+                              align_corners=False)
+        pool = self.classifier.features(x).mean(dim=(2, 3))
+        features = {"pool": pool, "logits": self.classifier.head(pool)}
+        return tuple(features[name] for name in self.features_list)
+
+
+if REFERENCE_EXTRACTOR not in FEATURE_EXTRACTORS_REGISTRY:  # a module reload must not register twice
+    register_feature_extractor(REFERENCE_EXTRACTOR, ReferenceFeatureExtractor)
