@@ -11,6 +11,7 @@ from torchvision.transforms.functional import pil_to_tensor
 from vtp_kedro.vtp.data.imagefolder import (
     LabelledImageFolder,
     UnreadableImageError,
+    cropped_batches,
     decode_image_file,
     iter_labelled_images,
 )
@@ -131,3 +132,13 @@ def test_folder_class_indices_equal_shard_label_indices(tmp_path) -> None:
     folder = LabelledImageFolder(tmp_path / "folder", "train")
     assert folder.classes == list(SHAPES)
     assert all(folder.classes[label] == Path(path).parent.name for path, label in folder.samples)
+
+
+def test_cropped_batches_take_the_first_images_of_each_class(image_root):
+    batches = list(cropped_batches(image_root, "train", 16, batch_size=4, per_class=2))
+    images = torch.cat([b[0] for b in batches])
+    labels = torch.cat([b[1] for b in batches])
+    assert images.dtype == torch.uint8 and images.shape == (6, 3, 16, 16)
+    assert labels.tolist() == [0, 0, 1, 1, 2, 2]
+    assert torch.cat([b[1] for b in cropped_batches(image_root, "train", 16, 4, max_images=7)]).tolist() == \
+        [0] * 5 + [1] * 2

@@ -45,10 +45,12 @@ from vtp_kedro.vtp.metrics.understanding import (
     linear_probe,
     plot_confusion_matrix,
     probe_features,
+    top_k_accuracy,
     zero_shot_classifier,
     zero_shot_logits,
 )
 from vtp_kedro.vtp.train.curves import plot_stage_curves
+from vtp_kedro.vtp.train.distributed import DeviceKind, resolve_device
 
 
 class ReconstructionParams(Config):
@@ -77,6 +79,7 @@ class GenerationParams(Config):
 
 
 class EvaluationParams(Config):
+    device: DeviceKind = "auto"
     image_root: str | None = Field(None, description="None: the embedded labelled folder; else an ImageNet-style "
                                                      "folder with the classes the latents were extracted from")
     batch_size: int = Field(250, gt=0)
@@ -100,8 +103,8 @@ def _spaces(reference_classifier: Path, params: EvaluationParams) -> list[Featur
             for name in params.feature_spaces]
 
 
-def _load_split(root: Path, split: str, size: int, params: EvaluationParams) -> LabelledSplit:
-    images, labels = zip(*cropped_batches(root, split, size, params.batch_size, None, params.num_workers))
+def _load_split(root: Path, split: str, size: int, params: EvaluationParams, per_class: int | None) -> LabelledSplit:
+    images, labels = zip(*cropped_batches(root, split, size, params.batch_size, None, params.num_workers, per_class))
     return LabelledSplit(torch.cat(images), torch.cat(labels), tuple(LabelledImageFolder(root, split).classes))
 
 
@@ -111,12 +114,14 @@ def fit_reference_classifier(gan_tokenizer: Path, raw_labelled_images: Path, par
     The first node of the pipeline, so a missing Inception weight file fails here, before any work."""
     if "inception" in params.feature_spaces:
         inception_space(params.weights_dir)
-    root, size = _root(raw_labelled_images, params), tokenizer_source(gan_tokenizer).image_size
+    settings, root = params.reference_classifier, _root(raw_labelled_images, params)
+    size = settings.image_size or tokenizer_source(gan_tokenizer).image_size
 
     def write(folder: Path) -> None:
-        train = _load_split(root, "train", size, params)
-        val = _load_split(root, params.reconstruction.split, size, params)
-        write_reference_classifier(folder, *train_reference_classifier(train, val, params.reference_classifier))
+        train = _load_split(root, "train", size, params, settings.train_per_class)
+        val = _load_split(root, params.reconstruction.split, size, params, None)
+        write_reference_classifier(folder, *train_reference_classifier(train, val, settings,
+                                                                        resolve_device(params.device)))
 
     return write
 
@@ -125,37 +130,39 @@ def evaluate_reconstruction(pretrained_tokenizer: Path, gan_tokenizer: Path, raw
                             reference_classifier: Path, params: EvaluationParams) -> tuple[dict[str, Any], Figure]:
     """PSNR, SSIM, LPIPS and rFID of the pre- and post-GAN tokenizers on the val split, and the grid."""
     settings, root = params.reconstruction, _root(raw_labelled_images, params)
-    spaces = _spaces(reference_classifier, params)
-    tokenizers = {"pre_gan": load_tokenizer(pretrained_tokenizer), "post_gan": load_tokenizer(gan_tokenizer)}
+    spaces, device = _spaces(reference_classifier, params), resolve_device(params.device)
+    tokenizers = {"pre_gan": load_tokenizer(pretrained_tokenizer, device),
+                  "post_gan": load_tokenizer(gan_tokenizer, device)}
     size = tokenizers["post_gan"].image_size
     batches = cropped_batches(root, settings.split, size, params.batch_size, settings.max_images, params.num_workers)
     report: dict[str, Any] = measure_reconstruction(tokenizers, batches, settings.lpips_backbone, params.weights_dir,
-                                                    spaces, classifier=reference_space(reference_classifier))
+                                                    spaces, reference_space(reference_classifier), device)
     report["protocol"] = {"images": f"{root}/{settings.split}", "count": report["post_gan"]["images"],
                           "image_size": size, "preprocessing": "center_crop_arr", "lpips_backbone": settings.lpips_backbone,
                           "fid_pairs": "originals vs their uint8 reconstructions, the same images on both sides",
                           "feature_spaces": {space.name: space.describe() for space in spaces}}
     originals = next(cropped_batches(root, settings.split, size, settings.grid_images, settings.grid_images))[0]
-    originals = originals.float() / 255
-    rows = {"original": originals, **{name.replace("_", "-"): tok.decode(tok.encode(originals))
-                                      for name, tok in tokenizers.items()}}
+    originals = originals.to(device).float() / 255
+    rows = {"original": originals.cpu(), **{name.replace("_", "-"): tok.decode(tok.encode(originals)).cpu()
+                                            for name, tok in tokenizers.items()}}
     return report, plot_image_grid(rows, title=f"{settings.split} reconstructions: original | pre-GAN | post-GAN")
 
 
 def _features(tokenizer: Any, root: Path, split: str, params: EvaluationParams, max_images: int | None,
               towers: Any = None, classifier: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     settings = params.understanding
+    device = next(tokenizer.parameters()).device
     parts: dict[str, list[torch.Tensor]] = {"features": [], "labels": [], "pixels": [], "zero_shot": []}
     for images, labels in cropped_batches(root, split, tokenizer.image_size, params.batch_size, max_images,
                                           params.num_workers):
-        x = images.float() / 255
-        parts["features"].append(probe_features(tokenizer, x, settings.features))
+        x = images.to(device).float() / 255
+        parts["features"].append(probe_features(tokenizer, x, settings.features).cpu())
         parts["labels"].append(labels)
         if settings.pixel_baseline_size:
             small = torch.nn.functional.interpolate(x, size=settings.pixel_baseline_size, mode="area")
-            parts["pixels"].append(pixel_features((small * 255).round()))
+            parts["pixels"].append(pixel_features((small * 255).round()).cpu())
         if towers is not None:
-            parts["zero_shot"].append(zero_shot_logits(towers, x, classifier))
+            parts["zero_shot"].append(zero_shot_logits(towers, x, classifier).cpu())
     return {name: torch.cat(values) for name, values in parts.items() if values}
 
 
@@ -164,13 +171,14 @@ def evaluate_understanding(tokenizer_checkpoint: dict[str, Any], pretrained_toke
     """Linear probe (DINOv2's protocol) and zero-shot on the val split, beside chance, a raw-pixel probe and
     the supervised reference classifier; the probe's confusion matrix."""
     settings, root = params.understanding, _root(raw_labelled_images, params)
-    tokenizer = load_tokenizer(pretrained_tokenizer)
+    device = resolve_device(params.device)
+    tokenizer = load_tokenizer(pretrained_tokenizer, device)
     classes = read_reference_record(reference_classifier)
     towers = classifier = template_set = None
     zero_shot: dict[str, Any] = {"top1": None, "top5": None}
     if settings.zero_shot:
         try:
-            towers = load_clip_towers(tokenizer_checkpoint["path"])
+            towers = load_clip_towers(tokenizer_checkpoint["path"], device)
             classifier, template_set = zero_shot_classifier(towers, classes["classes"])
         except NoTextTowerError as exc:
             zero_shot["skipped"] = str(exc)
@@ -195,9 +203,8 @@ def evaluate_understanding(tokenizer_checkpoint: dict[str, Any], pretrained_toke
         report["linear_probe"]["pixel_baseline"] = f"the same probe on {settings.pixel_baseline_size}px raw pixels"
     if "zero_shot" in val:
         logits = val["zero_shot"]
-        zero_shot = {"top1": float((logits.argmax(1) == val["labels"]).float().mean()),
-                     "top5": (float((logits.topk(5, 1).indices == val["labels"][:, None]).any(1).float().mean())
-                              if count > 5 else None),
+        zero_shot = {"top1": top_k_accuracy(logits, val["labels"], 1),
+                     "top5": top_k_accuracy(logits, val["labels"], 5) if count > 5 else None,
                      "templates": template_set, "chance": chance}
     report["zero_shot"] = zero_shot
     matrix = confusion_matrix(probe.predictions, val["labels"], count)
@@ -216,29 +223,28 @@ def evaluate_generation(dit_samples: Path, dit_samples_unguided: Path, raw_label
     """gFID, IS, precision/recall and gen_class_acc of the samples without guidance and with the configured
     CFG, each with its protocol; and a grid of the guided samples per class."""
     settings, root = params.generation, _root(raw_labelled_images, params)
-    spaces = _spaces(reference_classifier, params)
-    reference_space_ = reference_space(reference_classifier)
-    classifier = reference_space_.create()
+    spaces, device = _spaces(reference_classifier, params), resolve_device(params.device)
+    extractors = {space.name: space.create(device) for space in spaces}
+    classifier = reference_space(reference_classifier).create(device)
+    expected = read_reference_record(reference_classifier)["classes"]
     report: dict[str, Any] = {}
     for name, folder in (("unguided", _sample_set(dit_samples_unguided, dit_samples)), ("guided", Path(dit_samples))):
         pixels, labels, record = read_samples(folder)
         classes = record["classes"]
-        expected = read_reference_record(reference_classifier)["classes"]
         if classes != expected:
             raise ValueError(f"{folder}: the samples' classes {classes} are not the labelled folder's {expected}")
         entry: dict[str, Any] = {"cfg_scale": record["sampler"]["cfg_scale"], "samples": len(labels)}
         for space in spaces:
-            generated = extract_features(space.create(), uint8_batches(pixels, params.batch_size))
+            generated = extract_features(extractors[space.name], uint8_batches(pixels, params.batch_size))
             if settings.reference == "train":
                 reference = {"features": cached_features(space, root, "train", pixels.shape[1], params.batch_size,
                                                          settings.reference_max_images, params.cache_dir,
-                                                         params.num_workers)}
-                described, count = f"{root}/train (center_crop_arr to {pixels.shape[1]} px)", None
+                                                         params.num_workers, device)}
+                described = f"{root}/train (center_crop_arr to {pixels.shape[1]} px)"
             else:
-                reference = adm_reference_batch(settings.reference, space, params.batch_size)
-                described, count = settings.reference, None
-            if "features" in reference:
-                count = len(next(iter(reference["features"].values())))
+                reference = adm_reference_batch(settings.reference, space, params.batch_size, device)
+                described = settings.reference
+            count = len(reference["features"][space.fid_layer]) if "features" in reference else "ADM's mu/sigma"
             entry.update(fidelity_metrics(generated, reference, space, prefix="g"))
             entry.setdefault("protocol", {})[space.name] = {
                 **space.describe(), "generated_images": len(labels), "reference_images": count,

@@ -120,15 +120,17 @@ def standardize_pixels(images: Tensor) -> Tensor:
 
 
 def train_cnn(train: LabelledSplit, val: LabelledSplit, *, epochs: int = 20, batch_size: int = 64, lr: float = 3e-3,
-              weight_decay: float = 0.05, width: int = 32, seed: int = 0) -> CNNResult:
+              weight_decay: float = 0.05, width: int = 32, seed: int = 0,
+              device: str | torch.device = "cpu") -> CNNResult:
     """Train ``SmallCNN`` from scratch with AdamW, a one-cycle cosine schedule and random horizontal flips.
 
     The learning rate warms up linearly over the first 10% of steps, then follows
-    ``lr_t = lr * (1 + cos(pi * progress)) / 2``. Returns the final epoch's val top-1 (no early stopping).
+    ``lr_t = lr * (1 + cos(pi * progress)) / 2``. Returns the final epoch's val top-1 (no early stopping)
+    and the model on the CPU; the split stays in memory as uint8 and each batch moves to ``device``.
     """
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = SmallCNN(len(train.classes), width=width)
+    model = SmallCNN(len(train.classes), width=width).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     steps_per_epoch = math.ceil(len(train.labels) / batch_size)
     total = epochs * steps_per_epoch
@@ -137,15 +139,14 @@ def train_cnn(train: LabelledSplit, val: LabelledSplit, *, epochs: int = 20, bat
         optimizer,
         lambda step: (step + 1) / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup))),
     )
-    x_train = standardize_pixels(train.images)
     start = time.perf_counter()
     for _ in range(epochs):
         model.train()
         order = torch.randperm(len(train.labels), generator=generator)
         for first in range(0, len(order), batch_size):
             index = order[first:first + batch_size]
-            x, y = x_train[index], train.labels[index]
-            flip = torch.rand(len(index), generator=generator) < 0.5
+            x, y = standardize_pixels(train.images[index]).to(device), train.labels[index].to(device)
+            flip = (torch.rand(len(index), generator=generator) < 0.5).to(device)
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
             loss = F.cross_entropy(model(x), y)
             optimizer.zero_grad(set_to_none=True)
@@ -154,15 +155,17 @@ def train_cnn(train: LabelledSplit, val: LabelledSplit, *, epochs: int = 20, bat
             schedule.step()
     seconds = time.perf_counter() - start
     return CNNResult(
-        model=model.eval(), val_top1=cnn_accuracy(model, val), train_top1=cnn_accuracy(model, train), seconds=seconds, epochs=epochs,
+        model=model.eval().cpu(), val_top1=cnn_accuracy(model, val), train_top1=cnn_accuracy(model, train),
+        seconds=seconds, epochs=epochs,
     )
 
 
 @torch.no_grad()
 def cnn_accuracy(model: nn.Module, split: LabelledSplit, batch_size: int = 256) -> float:
     model.eval()
+    device = next(model.parameters()).device
     correct = 0
     for first in range(0, len(split.labels), batch_size):
-        logits = model(standardize_pixels(split.images[first:first + batch_size]))
+        logits = model(standardize_pixels(split.images[first:first + batch_size]).to(device)).cpu()
         correct += int((logits.argmax(1) == split.labels[first:first + batch_size]).sum())
     return correct / len(split.labels)

@@ -126,9 +126,19 @@ class CroppedImages(Dataset):
 
 
 def cropped_batches(root: str | Path, split: str, image_size: int, batch_size: int, max_images: int | None = None,
-                    num_workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """``(uint8 (B, 3, S, S), labels (B,))`` batches of a split in the folder's fixed order (its first
-    ``max_images``; None: all), preprocessed as latent extraction does (``center_crop_arr``),
-    decoded by ``num_workers`` processes."""
-    samples = LabelledImageFolder(root, split).samples[:max_images]
-    yield from DataLoader(CroppedImages(samples, image_size), batch_size=batch_size, num_workers=num_workers)
+                    num_workers: int = 0, per_class: int | None = None,
+                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(uint8 (B, 3, S, S), labels (B,))`` batches of a split in the folder's fixed order (the first
+    ``per_class`` images of each class, then the first ``max_images``; None: all), preprocessed as
+    latent extraction does (``center_crop_arr``), decoded by ``num_workers`` processes."""
+    samples = LabelledImageFolder(root, split).samples
+    if per_class is not None:
+        taken: collections.Counter = collections.Counter()
+        kept = []
+        for path, label in samples:
+            if taken[label] < per_class:
+                taken[label] += 1
+                kept.append((path, label))
+        samples = kept
+    yield from DataLoader(CroppedImages(samples[:max_images], image_size), batch_size=batch_size,
+                          num_workers=num_workers)

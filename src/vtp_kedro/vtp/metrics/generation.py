@@ -46,7 +46,8 @@ def uint8_batches(pixels: np.ndarray, batch_size: int):
 
 
 def cached_features(space: FeatureSpace, image_root: str | Path, split: str, image_size: int, batch_size: int,
-                    max_images: int | None, cache_dir: str | Path, num_workers: int = 0) -> dict[str, Tensor]:
+                    max_images: int | None, cache_dir: str | Path, num_workers: int = 0,
+                    device: str | torch.device = "cpu") -> dict[str, Tensor]:
     """Features of a labelled split in ``space``, computed once per (extractor weights, files, size, count)."""
     folder = LabelledImageFolder(image_root, split)
     samples = folder.samples[:max_images]
@@ -62,7 +63,7 @@ def cached_features(space: FeatureSpace, image_root: str | Path, split: str, ima
             return {layer: torch.from_numpy(npz[layer]) for layer in space.layers}
     log.info("computing %s features of %d %s images of %s (cached in %s)", space.name, len(samples), split,
              image_root, path)
-    extractor = space.create()
+    extractor = space.create(device)
     features = extract_features(extractor, (images for images, _ in cropped_batches(
         image_root, split, image_size, batch_size, max_images, num_workers)))
     with atomic_path(path) as tmp:
@@ -72,7 +73,8 @@ def cached_features(space: FeatureSpace, image_root: str | Path, split: str, ima
     return features
 
 
-def adm_reference_batch(path: str | Path, space: FeatureSpace, batch_size: int) -> dict[str, Any]:
+def adm_reference_batch(path: str | Path, space: FeatureSpace, batch_size: int,
+                        device: str | torch.device = "cpu") -> dict[str, Any]:
     """``{"features": {layer: ...}}`` of an ADM reference NPZ's ``arr_0`` images (if it has them), and
     ``{"stats": {"mu", "sigma"}}`` from its precomputed Inception statistics (Inception only)."""
     path = Path(path)
@@ -81,7 +83,7 @@ def adm_reference_batch(path: str | Path, space: FeatureSpace, batch_size: int) 
     reference: dict[str, Any] = {}
     with np.load(path) as npz:
         if "arr_0" in npz:
-            reference["features"] = extract_features(space.create(), uint8_batches(npz["arr_0"], batch_size))
+            reference["features"] = extract_features(space.create(device), uint8_batches(npz["arr_0"], batch_size))
         if space.name == "inception" and {"mu", "sigma"} <= set(npz.files):
             reference["stats"] = {"mu": npz["mu"], "sigma": npz["sigma"]}
     if not reference:

@@ -65,16 +65,17 @@ def to_uint8(images: Tensor) -> Tensor:
 def measure_reconstruction(tokenizers: dict[str, Tokenizer], batches: Iterable[tuple[Tensor, Tensor]],
                            lpips_backbone: Literal["vgg", "random"] = "vgg", weights_dir: str | None = None,
                            spaces: Sequence[FeatureSpace] = (), classifier: FeatureSpace | None = None,
-                           ) -> dict[str, dict[str, float]]:
+                           device: str | torch.device = "cpu") -> dict[str, dict[str, float]]:
     """``{name: {"psnr", "ssim", "lpips", "images", "rfid<suffix>" per space}}`` of ``decode(encode(x))``
-    for every tokenizer, in one pass over ``(uint8 images, labels)`` batches.
+    for every tokenizer (on its own device), in one pass over ``(uint8 images, labels)`` batches; the
+    feature extractors run on ``device``.
 
     With a ``classifier`` (the reference classifier's space), also ``class_acc_ref``: how often it
     still recognises the label in the reconstructions, and on the originals under ``"original"``
     (the ceiling of what a decoder can keep, and of a generator's gen_class_acc).
     """
     metrics = {name: ReconstructionMetrics(lpips_backbone, weights_dir) for name in tokenizers}
-    extractors = {space.name: space.create() for space in (*spaces, *([classifier] if classifier else []))}
+    extractors = {space.name: space.create(device) for space in (*spaces, *([classifier] if classifier else []))}
     features: dict[tuple[str, str], list[Tensor]] = {}
     correct = dict.fromkeys(("original", *tokenizers), 0)
     for images, labels in batches:
@@ -83,9 +84,9 @@ def measure_reconstruction(tokenizers: dict[str, Tokenizer], batches: Iterable[t
         originals = images.float() / 255
         pairs = {"original": images}
         for name, tokenizer in tokenizers.items():
-            device = next(tokenizer.parameters()).device
-            reconstruction = tokenizer.decode(tokenizer.encode(originals.to(device))).cpu()
-            metrics[name].update(reconstruction, originals)
+            on = next(tokenizer.parameters()).device
+            reconstruction = tokenizer.decode(tokenizer.encode(originals.to(on)))
+            metrics[name].update(reconstruction, originals.to(on))
             pairs[name] = to_uint8(reconstruction)
         for name, pixels in pairs.items():
             for space in spaces:

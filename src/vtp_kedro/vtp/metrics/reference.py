@@ -40,8 +40,11 @@ RECORD_FORMAT = "vtp_kedro.reference_classifier/1"
 
 
 class ReferenceClassifierConfig(Config):
-    """``train_cnn``'s settings (AdamW, warm-up + cosine, random flips)."""
+    """``train_cnn``'s settings (AdamW, warm-up + cosine, random flips) and what it trains on."""
 
+    image_size: int | None = Field(None, gt=0, description="None: the tokenizer's; the extractor resizes any input")
+    train_per_class: int | None = Field(None, gt=0, description="the first N training images of each class; "
+                                                                "None: all (ImageNet: set one, the split sits in memory)")
     width: int = Field(32, gt=0)
     epochs: int = Field(20, gt=0)
     batch_size: int = Field(64, gt=0)
@@ -50,11 +53,11 @@ class ReferenceClassifierConfig(Config):
     seed: int = Field(0, ge=0)
 
 
-def train_reference_classifier(train: LabelledSplit, val: LabelledSplit,
-                               config: ReferenceClassifierConfig) -> tuple[SmallCNN, dict[str, Any]]:
-    """Train on ``train`` and measure on ``val``; returns the model and the record saved beside it."""
+def train_reference_classifier(train: LabelledSplit, val: LabelledSplit, config: ReferenceClassifierConfig,
+                               device: str | torch.device = "cpu") -> tuple[SmallCNN, dict[str, Any]]:
+    """Train on ``train`` and measure on ``val``; returns the model (on the CPU) and the record saved beside it."""
     result = train_cnn(train, val, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
-                       weight_decay=config.weight_decay, width=config.width, seed=config.seed)
+                       weight_decay=config.weight_decay, width=config.width, seed=config.seed, device=device)
     record = {"format": RECORD_FORMAT, "classes": list(train.classes), "image_size": int(train.images.shape[-1]),
               "width": config.width, "val_top1": result.val_top1, "train_top1": result.train_top1,
               "train_images": len(train.labels), "val_images": len(val.labels),
