@@ -150,3 +150,31 @@ def test_fifty_steps_overfit_64_embedded_images(objective: str) -> None:
         assert torch.isfinite(loss)
     first, last = sum(rec[:5]) / 5, sum(rec[-5:]) / 5
     assert last < 0.7 * first, f"L_rec fell from {first:.3f} to {last:.3f} only"
+
+
+def test_the_teacher_stays_in_eval_mode_and_deterministic_when_the_student_trains() -> None:
+    torch.manual_seed(0)
+    config = small_config("vtp")
+    config = config.model_copy(update={"tokenizer": config.tokenizer.model_copy(
+        update={"encoder": config.tokenizer.encoder.model_copy(update={"drop_path": 0.5})})})
+    model = VTPModel(config).train()
+    assert model.tokenizer.encoder.training and not model.teacher.training
+    assert not any(module.training for module in model.teacher.modules())
+    images = embedded_batch(2)["images"]
+    with torch.no_grad():
+        first, second = (model.teacher["encoder"](images) for _ in range(2))
+        student = [model.tokenizer.encoder(images) for _ in range(2)]
+    assert torch.equal(first, second)  # no drop path in the teacher
+    assert not torch.equal(*student)  # while the student's is active
+
+
+def test_the_mask_token_does_not_dominate_the_first_gradient() -> None:
+    torch.manual_seed(0)
+    model = VTPModel(small_config("ssl_ae")).train()
+    loss, _ = model.training_step(embedded_batch(8), 0)
+    loss.backward()
+    norms = {name: p.grad.norm() for name, p in model.named_trainable_parameters() if p.grad is not None}
+    encoder = torch.stack([n for name, n in norms.items() if name.startswith("tokenizer.encoder.")]).norm()
+    share = norms["tokenizer.encoder.mask_token"] / encoder
+    assert model.tokenizer.encoder.mask_token.std() > 0.01
+    assert share < 0.5, f"the mask token carries {share:.2f} of the encoder's gradient norm"

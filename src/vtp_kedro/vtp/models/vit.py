@@ -242,7 +242,9 @@ class VisionTransformer(nn.Module):
         self.norm = make_norm(config.norm, width)
         self.apply(init_vit_weights)
         nn.init.normal_(self.cls_token, std=0.02)
-        nn.init.zeros_(self.mask_token)
+        # Like the other tokens: a zero mask token enters the first RMSNorm as exact zeros, and its
+        # gradient then dwarfs every other one, so global clipping freezes the rest of the encoder.
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
         if self.pos_embed is not None:
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
 

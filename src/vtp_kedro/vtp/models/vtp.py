@@ -222,6 +222,14 @@ class VTPModel(nn.Module):
             ema_update(self.teacher[name], student, momentum)
         return momentum
 
+    def train(self, mode: bool = True) -> VTPModel:
+        """Switch the student; the EMA teacher stays in eval mode (as dinov2's ``train()`` forces it),
+        so it never applies drop path, dropout or any other stochastic layer."""
+        super().train(mode)
+        if self.lambda_ssl > 0:
+            self.teacher.eval()
+        return self
+
     def named_trainable_parameters(self):
         """The student's parameters (the teacher and the frozen LPIPS network are excluded)."""
         return ((n, p) for n, p in self.named_parameters() if p.requires_grad)
