@@ -19,6 +19,7 @@ from vtp_kedro.vtp.losses.ssl import (
     koleo_loss,
     sinkhorn_knopp,
     teacher_entropy,
+    teacher_mean_entropy,
     teacher_temperature,
 )
 
@@ -143,6 +144,15 @@ def test_teacher_entropy():
     assert teacher_entropy(torch.full((3, 8), 1 / 8)).item() == pytest.approx(math.log(8))
     assert teacher_entropy(torch.eye(4)).item() == pytest.approx(0.0, abs=1e-6)
     assert teacher_entropy(torch.empty(0, 4)).item() == 0.0
+
+
+def test_teacher_mean_entropy_tells_collapse_to_one_prototype_from_confident_spread_targets():
+    confident_spread = torch.eye(4)  # every row one-hot, each on its own prototype: healthy
+    collapsed = torch.eye(4)[[0, 0, 0, 0]]  # every row on prototype 0
+    assert teacher_entropy(confident_spread).item() == pytest.approx(0.0, abs=1e-6)
+    assert teacher_mean_entropy(confident_spread).item() == pytest.approx(math.log(4))
+    assert teacher_mean_entropy(collapsed).item() == pytest.approx(0.0, abs=1e-6)
+    assert teacher_mean_entropy(torch.empty(0, 4)).item() == 0.0
 
 
 def ssl_inputs(batch: int = 3, prototypes: int = 7, tokens: int = 4, dim: int = 5):

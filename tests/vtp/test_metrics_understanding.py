@@ -7,6 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from vtp_kedro.vtp.inference import load_clip_towers
+from vtp_kedro.vtp.metrics.online_probe import OnlineProbe, OnlineProbeConfig
 from vtp_kedro.vtp.metrics.understanding import (
     GENERIC_TEMPLATES,
     confusion_matrix,
@@ -110,3 +111,14 @@ def test_confusion_matrix_rows_are_true_classes():
 def test_clip_towers_need_a_pretraining_checkpoint(tmp_path):
     with pytest.raises(ValueError, match="pre-training checkpoint"):
         load_clip_towers(tmp_path)
+
+
+def test_online_probe_scores_an_encoder_on_the_labelled_subset(image_root, tokenizer):
+    probe = OnlineProbe(OnlineProbeConfig(image_root=str(image_root), train_per_class=4, knn_k=3, linear_epochs=2), 32)
+    assert probe.train[0].shape == (12, 3, 32, 32) and probe.val[0].shape == (6, 3, 32, 32)
+    with torch.no_grad():  # as the trainer calls it
+        first, second = probe(tokenizer.net), probe(tokenizer.net)
+    assert set(first) == {"probe/knn_top1", "probe/linear_top1"} and first == second
+    assert all(0 <= value <= 1 for value in first.values())
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        OnlineProbe(OnlineProbeConfig(image_root=str(image_root / "missing")), 32)

@@ -190,6 +190,27 @@ def test_logs_every_term_and_the_loss_falls(tmp_path):
     assert read_metrics_log(tmp_path) == [{"step": step, **m} for step, m in metrics]
 
 
+def test_task_evaluations_run_in_eval_mode_and_are_logged_with_their_step(tmp_path):
+    class Evaluated(ToyTask):
+        calls: list = []
+
+        def evaluate(self, step):
+            Evaluated.calls.append((step, self.model.training, torch.is_grad_enabled()))
+            return {"probe/top1": step / 100}
+
+    metrics: list = []
+    task, data = Evaluated(), ToyData()
+    config = trainer_config(budget={"unit": "steps", "value": 10}, log_every=2, evaluate_every=4)
+    Trainer(config, task, data, tmp_path, log_metrics=lambda m, s: metrics.append((s, m))).fit()
+    assert Evaluated.calls == [(4, False, False), (8, False, False), (10, False, False)]  # and at the end
+    assert task.model.training  # back to training after each evaluation
+    logged = {step: m.get("probe/top1") for step, m in metrics}
+    assert logged == {2: None, 4: 0.04, 6: None, 8: 0.08, 10: 0.1}
+    assert [r.get("probe/top1") for r in read_metrics_log(tmp_path)] == list(logged.values())
+    with pytest.raises(ValueError, match="multiple of log_every"):
+        trainer_config(log_every=2, evaluate_every=3)
+
+
 def read_metrics_log(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 

@@ -19,6 +19,7 @@ from vtp_kedro.vtp.config import Config
 from vtp_kedro.vtp.data.loader import PretrainDataConfig
 from vtp_kedro.vtp.data.shards import expand_urls
 from vtp_kedro.vtp.inference import tokenizer_state, write_tokenizer_files
+from vtp_kedro.vtp.metrics.online_probe import OnlineProbeConfig
 from vtp_kedro.vtp.models.vtp import VTPConfig
 from vtp_kedro.vtp.train.curves import plot_curves
 from vtp_kedro.vtp.train.launcher import LauncherConfig
@@ -33,6 +34,11 @@ class PretrainDataParams(PretrainDataConfig):
     shards: str | list[str] | None = None
 
 
+class ProbeParams(OnlineProbeConfig):
+    # None: the embedded labelled folder (catalog entry raw_labelled_images); else any labelled folder.
+    image_root: str | None = None
+
+
 class TokenizerPretrainingParams(Config):
     # Parent of the runs' folders (config, logs, resumable checkpoints), kept across reruns.
     # Each run lives in <runs_dir>/<fingerprint of its resolved config and input content>:
@@ -42,16 +48,21 @@ class TokenizerPretrainingParams(Config):
     data: PretrainDataParams
     trainer: TrainerConfig
     launcher: LauncherConfig = LauncherConfig()
+    probe: ProbeParams | None = None  # run every trainer.evaluate_every steps; None: off
 
 
 def pretrain_tokenizer(
-    filtered_shards: Path, params: TokenizerPretrainingParams,
+    filtered_shards: Path, raw_labelled_images: Path, params: TokenizerPretrainingParams,
 ) -> tuple[dict[str, Any], list[dict[str, Any]], FolderWriter]:
     """Train the tokenizer; returns the final checkpoint (with its resolved config and metrics
     log), the metrics log alone (for the plot, without reloading every weight) and the writer
     of the slim inference folder that downstream stages and users open with ``load_tokenizer``."""
     data = PretrainDataConfig(**{**params.data.model_dump(), "shards": params.data.shards or str(filtered_shards)})
-    task = TokenizerPretrainingConfig(model=params.model, data=data)
+    probe = None
+    if params.probe is not None:
+        probe = OnlineProbeConfig(**{**params.probe.model_dump(),
+                                     "image_root": params.probe.image_root or str(raw_labelled_images)})
+    task = TokenizerPretrainingConfig(model=params.model, data=data, probe=probe)
     urls = expand_urls(data.shards)  # a missing input fails here, naming it, before any process starts
     run = train_stage(params.runs_dir, params.trainer, TASK_FACTORY, task, {"shards": urls}, params.launcher)
     export = partial(write_tokenizer_files, state=tokenizer_state(run.checkpoint["model"]),

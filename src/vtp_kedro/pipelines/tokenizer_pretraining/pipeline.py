@@ -8,7 +8,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             node(
                 pretrain_tokenizer,
-                inputs=["filtered_shards", "params:tokenizer_pretraining"],
+                inputs=["filtered_shards", "raw_labelled_images", "params:tokenizer_pretraining"],
                 outputs=["tokenizer_checkpoint", "tokenizer_training_log", "pretrained_tokenizer"],
                 name="pretrain_tokenizer",
             ),

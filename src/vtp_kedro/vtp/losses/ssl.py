@@ -175,6 +175,18 @@ def teacher_entropy(probs: Tensor) -> Tensor:
     return entropy.sum() / max(len(entropy), 1)
 
 
+def teacher_mean_entropy(probs: Tensor) -> Tensor:
+    """Entropy (nats) of the batch-mean target ``mean_b p_t[b]``, 0 for no rows: towards 0 when every image
+    picks the same prototype (collapse to one), log K when the batch spreads over all of them.
+
+    Healthy DINO has ``teacher_entropy`` well below log K (confident rows) and this well above 0.
+    The mean is this rank's; ranks are averaged when logged.
+    """
+    if len(probs) == 0:
+        return probs.new_zeros(())
+    return teacher_entropy(probs.mean(0, keepdim=True))
+
+
 class SSLLossConfig(Config):
     """Settings of ``SSLLoss`` (DINOv2's defaults)."""
 
@@ -244,5 +256,7 @@ class SSLLoss(nn.Module):
             "teacher_temperature": torch.tensor(temperature),
             "teacher_cls_entropy": teacher_entropy(teacher_cls),
             "teacher_patch_entropy": teacher_entropy(teacher_patch),
+            "teacher_cls_mean_entropy": teacher_mean_entropy(teacher_cls),
+            "teacher_patch_mean_entropy": teacher_mean_entropy(teacher_patch),
         }
         return loss, metrics

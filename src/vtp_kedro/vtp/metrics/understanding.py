@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from vtp_kedro.vtp.inference import CLIPTowers, Tokenizer
+from vtp_kedro.vtp.models.tokenizer import TokenizerFeatures
 
 ProbeFeatures = Literal["bottleneck", "trunk"]
 DINOV2_LEARNING_RATES = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 1e-1)
@@ -47,7 +48,11 @@ ZERO_SHOT_SCALE = 100.0
 @torch.no_grad()
 def probe_features(tokenizer: Tokenizer, images: Tensor, source: ProbeFeatures = "bottleneck") -> Tensor:
     """Frozen features (B, D) of images in [0, 1] (module docstring)."""
-    features = tokenizer.features(images)
+    return pooled_features(tokenizer.features(images), source)
+
+
+def pooled_features(features: TokenizerFeatures, source: ProbeFeatures) -> Tensor:
+    """(B, D) probe features of one encoder pass: the mean-pooled latent, or [CLS ; mean patch] of the trunk."""
     if source == "bottleneck":
         return features.latent().mean(dim=(2, 3))
     if source == "trunk":
@@ -79,7 +84,7 @@ def linear_probe(train_x: Tensor, train_y: Tensor, val_x: Tensor, val_y: Tensor,
                          f"val {tuple(val_x.shape)} / {len(val_y)}")
     generator = torch.Generator().manual_seed(seed)
     mean, std = train_x.float().mean(0), train_x.float().std(0).clamp_min(1e-6)
-    xt, xv = (train_x.float() - mean) / std, (val_x.float() - mean) / std
+    xt, xv = (train_x.detach().float() - mean) / std, (val_x.detach().float() - mean) / std
     rates = [lr * batch_size / 256 for lr in learning_rates]
     heads = nn.ModuleList(nn.Linear(xt.shape[1], num_classes) for _ in rates)
     for head in heads:
@@ -90,18 +95,19 @@ def linear_probe(train_x: Tensor, train_y: Tensor, val_x: Tensor, val_y: Tensor,
     steps_per_epoch = math.ceil(len(xt) / batch_size)
     total = epochs * steps_per_epoch
     step = 0
-    for _ in range(epochs):
-        order = torch.randperm(len(xt), generator=generator)
-        for first in range(0, len(order), batch_size):
-            index = order[first:first + batch_size]
-            for group, lr in zip(optimizer.param_groups, rates):
-                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
-            x, y = xt[index], train_y[index]
-            loss = sum(F.cross_entropy(head(x), y) for head in heads)  # heads share no parameter
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
+    with torch.enable_grad():  # the heads train even when called under no_grad (the trainer's evaluations)
+        for _ in range(epochs):
+            order = torch.randperm(len(xt), generator=generator)
+            for first in range(0, len(order), batch_size):
+                index = order[first:first + batch_size]
+                for group, lr in zip(optimizer.param_groups, rates):
+                    group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
+                x, y = xt[index], train_y[index]
+                loss = sum(F.cross_entropy(head(x), y) for head in heads)  # heads share no parameter
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step += 1
     with torch.no_grad():
         logits = [head(xv) for head in heads]
         top1 = [top_k_accuracy(value, val_y, 1) for value in logits]

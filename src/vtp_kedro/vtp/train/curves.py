@@ -10,11 +10,13 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from vtp_kedro.vtp.train.trainer import METRICS_LOG
-# Panels of the figure: losses, then the SSL health signals that show a collapse
-# (teacher entropy falling to 0 or pinned at log K; KoLeo blowing up), then optimisation.
+# Panels of the figure: losses, then the SSL health signals that show a collapse (the teacher's
+# per-row entropy pinned at log K: uniform targets; the entropy of its batch mean falling to 0: one
+# prototype for everything; KoLeo blowing up), then optimisation; the online probe when it runs.
 PANELS = (
     ("losses", ("loss", "rec", "l1", "lpips", "clip", "ssl", "dino", "ibot")),
-    ("SSL health", ("teacher_cls_entropy", "teacher_patch_entropy", "koleo")),
+    ("SSL health", ("teacher_cls_entropy", "teacher_patch_entropy", "teacher_cls_mean_entropy",
+                    "teacher_patch_mean_entropy", "koleo")),
     ("optimisation", ("lr", "grad_norm", "logit_scale")),
 )
 

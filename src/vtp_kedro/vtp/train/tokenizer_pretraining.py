@@ -10,12 +10,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
 
 from vtp_kedro.vtp.config import Config
 from vtp_kedro.vtp.data.loader import PretrainDataConfig, PretrainDataStream
+from vtp_kedro.vtp.metrics.online_probe import OnlineProbe, OnlineProbeConfig
 from vtp_kedro.vtp.models.vit import Block
 from vtp_kedro.vtp.models.vtp import VTPConfig, VTPModel
 from vtp_kedro.vtp.train.distributed import rank, world_size
@@ -28,6 +29,7 @@ TASK_FACTORY = "vtp_kedro.vtp.train.tokenizer_pretraining:build_task"
 class TokenizerPretrainingConfig(Config):
     model: VTPConfig
     data: PretrainDataConfig
+    probe: OnlineProbeConfig | None = Field(None, description="the online probe, run every trainer.evaluate_every")
 
     @model_validator(mode="after")
     def _check(self) -> TokenizerPretrainingConfig:
@@ -41,9 +43,10 @@ class TokenizerPretrainingConfig(Config):
 class VTPTask(TrainTask):
     """``VTPModel.training_step`` under the trainer; the EMA teacher follows each applied step."""
 
-    def __init__(self, model: VTPModel, image_size: int) -> None:
+    def __init__(self, model: VTPModel, image_size: int, probe: OnlineProbe | None = None) -> None:
         self.model = model
         self.image_size = image_size
+        self.probe = probe
 
     def training_step(self, batch: Mapping[str, Any], step: int) -> tuple[Tensor, Mapping[str, Tensor]]:
         return self.model.training_step(batch, step)
@@ -53,6 +56,10 @@ class VTPTask(TrainTask):
 
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
         self.model.update_teacher(step, total_steps)
+
+    def evaluate(self, step: int) -> Mapping[str, float]:
+        """The online probe of the student encoder (``metrics.online_probe``), if configured."""
+        return self.probe(self.model.tokenizer) if self.probe is not None else {}
 
     def flops_per_step(self, batch: Mapping[str, Any]) -> float:
         return training_step_flops(self.model.config, len(batch["images"]), self.image_size)["total"]
@@ -71,4 +78,5 @@ def build_task(raw: dict[str, Any]) -> tuple[VTPTask, PretrainDataStream]:
     config = TokenizerPretrainingConfig.model_validate(raw["task"])
     model = VTPModel(config.model, rank=rank())
     data = PretrainDataStream(config.data, rank=rank(), world_size=world_size())
-    return VTPTask(model, config.data.image_size), data
+    probe = OnlineProbe(config.probe, config.data.image_size) if config.probe is not None else None
+    return VTPTask(model, config.data.image_size, probe), data

@@ -117,6 +117,8 @@ class TrainerConfig(Config):
         "None: on for CPU, off for CUDA")
     seed: int = Field(0, ge=0, description="model init uses seed; training noise seed + rank")
     log_every: int = Field(10, gt=0)
+    evaluate_every: int | None = Field(None, gt=0, description="steps between the task's evaluations (task.evaluate, "
+                                       "e.g. the online probe), a multiple of log_every; one at the end; None: never")
     checkpoint_every: int = Field(1000, gt=0, description="steps between checkpoints; one is always saved at the end")
     keep_last: int = Field(3, ge=1)
     resume: str = Field("auto", min_length=1, description="auto | never | path of a checkpoint folder")
@@ -128,6 +130,9 @@ class TrainerConfig(Config):
             raise ValueError("set either optimizer (one optimizer) or optimizers (one per name), not both")
         if self.optimizers is not None and not self.optimizers:
             raise ValueError("optimizers is empty: name at least one, or use optimizer")
+        if self.evaluate_every is not None and self.evaluate_every % self.log_every:
+            raise ValueError(f"evaluate_every ({self.evaluate_every}) must be a multiple of log_every "
+                             f"({self.log_every}): evaluations are logged with the step's record")
         return self
 
     def optimizer_configs(self, names: tuple[str, ...]) -> dict[str, OptimizerConfig]:
@@ -202,6 +207,12 @@ class TrainTask(abc.ABC):
 
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
         """Runs after each applied optimiser step, e.g. the EMA teacher update."""
+
+    def evaluate(self, step: int) -> Mapping[str, float]:
+        """Metrics of the current model every ``trainer.evaluate_every`` steps and at the end (e.g. an
+        online probe), logged with that step's record. Every rank calls it, in eval mode and without
+        gradients (FSDP needs every rank in a forward); rank 0's values are logged."""
+        return {}
 
     def flops_per_step(self, batch: Any) -> float | None:
         """Analytic forward+backward FLOPs of ``training_step`` on ``batch`` (None: unknown;
@@ -602,6 +613,7 @@ class Trainer:
         metrics["samples_per_s"] = window["samples"] / elapsed
         metrics["samples"] = float(self.samples)
         metrics["nonfinite_steps"] = float(self.nonfinite_total)
+        metrics.update(window.get("evaluation", {}))
         if window["flops"]:
             metrics["flops"] = self.flops
             metrics["flop_per_s"] = window["flops"] / elapsed
@@ -619,6 +631,22 @@ class Trainer:
                      metrics["samples_per_s"], eta)
         else:
             bar.set_postfix(loss=f"{metrics['loss']:.4g}", lr=f"{metrics['lr']:.3g}")
+
+    def _evaluate(self) -> dict[str, float]:
+        """``task.evaluate`` in eval mode, without gradients, then back to training."""
+        start = time.perf_counter()
+        self.task.model.eval()
+        with torch.no_grad():
+            metrics = {name: float(value) for name, value in self.task.evaluate(self.step).items()}
+        self.task.model.train()
+        for module in self.frozen:
+            module.eval()
+        clashes = sorted(set(metrics) & set(_TRAINER_METRICS))
+        if clashes:
+            raise ValueError(f"evaluation metrics {clashes} clash with the trainer's own metric names")
+        log.info("evaluation at step %d (%.1f s): %s", self.step, time.perf_counter() - start,
+                 ", ".join(f"{name} {value:.4g}" for name, value in sorted(metrics.items())))
+        return metrics
 
     @staticmethod
     def _new_window() -> dict[str, Any]:
@@ -700,6 +728,11 @@ class Trainer:
                         window["norm"][name] = window["norm"].get(name, 0.0) + norm
                     window["applied"] += 1
                 bar.update(1)
+                every = self.config.evaluate_every
+                if every is not None and (self.step % every == 0 or self.step == self.total_steps):
+                    started = time.perf_counter()
+                    window["evaluation"] = self._evaluate()
+                    window["start"] += time.perf_counter() - started  # not training throughput
                 if self.step % self.config.log_every == 0 or self.step == self.total_steps:
                     self._emit(window, bar)
                     window = self._new_window()
