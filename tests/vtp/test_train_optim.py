@@ -91,3 +91,31 @@ def test_decay_changes_only_decayed_weights():
 def test_config_rejects_impossible_values(kwargs, field):
     with pytest.raises(pydantic.ValidationError, match=field):
         OptimizerConfig(**kwargs)
+
+
+def test_layer_wise_decay_scales_each_block_by_the_factor_and_the_patch_embedding_further():
+    from tests.vtp.test_vtp_model import small_config
+    from vtp_kedro.vtp.models.vtp import VTPModel
+    from vtp_kedro.vtp.train.tokenizer_pretraining import VTPTask
+
+    torch.manual_seed(0)
+    task = VTPTask(VTPModel(small_config("vtp")), 32)  # encoder depth 2
+    config = OptimizerConfig(layer_decay=0.9, patch_embed_lr_mult=0.2)
+    scale = {name: group["lr_scale"] for group in task.configure_optimizer(config).param_groups
+             for name in group["param_names"]}
+    block0 = scale["tokenizer.encoder.blocks.0.attn.qkv.weight"]
+    block1 = scale["tokenizer.encoder.blocks.1.attn.qkv.weight"]
+    assert block0 == pytest.approx(0.9 * block1) and block1 == pytest.approx(0.9)  # depth + 1 - (i + 1)
+    assert scale["tokenizer.encoder.patch_embed.proj.weight"] == pytest.approx(0.2 * 0.9 ** 3)
+    assert scale["tokenizer.encoder.cls_token"] == pytest.approx(0.9 ** 3)
+    assert scale["tokenizer.encoder.norm.weight"] == 1.0 and scale["tokenizer.decoder.proj_out.weight"] == 1.0
+    assert {n: s for n, s in scale.items() if n.startswith(("dino_head", "text."))} == \
+        {n: 1.0 for n in scale if n.startswith(("dino_head", "text."))}
+    plain = {group["lr_scale"] for group in task.configure_optimizer(OptimizerConfig()).param_groups}
+    assert plain == {1.0}
+
+
+def test_layer_decay_is_refused_where_a_task_has_no_vit_trunk():
+    model = nn.Linear(2, 2)
+    with pytest.raises(ValueError, match="no ViT trunk"):
+        build_adamw(model.named_parameters(), OptimizerConfig(layer_decay=0.9))

@@ -211,6 +211,26 @@ def test_task_evaluations_run_in_eval_mode_and_are_logged_with_their_step(tmp_pa
         trainer_config(log_every=2, evaluate_every=3)
 
 
+def test_weight_decay_follows_its_cosine_on_decayed_groups_only(tmp_path):
+    seen: list = []
+
+    class Watching(ToyTask):
+        def training_step(self, batch, step):
+            seen.append(sorted(g["weight_decay"] for g in self.trainer.optimizers["main"].param_groups))
+            return super().training_step(batch, step)
+
+    task, data = Watching(), ToyData()
+    config = trainer_config(optimizer={"lr": 0.05, "warmup_steps": 1, "weight_decay": 0.04, "weight_decay_end": 0.4},
+                            budget={"unit": "steps", "value": 5})
+    trainer = Trainer(config, task, data, tmp_path)
+    task.trainer = trainer
+    trainer.fit()
+    groups = trainer.optimizers["main"].param_groups
+    assert sorted(g["weight_decay"] for g in groups) == [0.0, pytest.approx(0.4)]  # the last step uses the end value
+    assert [wd for _, wd in seen] == pytest.approx([0.04, 0.04 + 0.36 * 0.1464466, 0.22, 0.04 + 0.36 * 0.8535534, 0.4],
+                                                       rel=1e-5)
+
+
 def read_metrics_log(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 

@@ -13,7 +13,7 @@ betas (0.9, 0.95), lr 2e-4, no weight decay and a constant schedule.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import torch
 from pydantic import Field, model_validator
@@ -33,7 +33,12 @@ class OptimizerConfig(Config):
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = Field(1e-8, gt=0)
     weight_decay: float = Field(0.05, ge=0)
+    weight_decay_end: float | None = Field(None, ge=0, description="cosine from weight_decay to this over the run "
+                                           "(DINOv2: 0.04 -> 0.2, 0.4 for ViT-g); None: constant")
     grad_clip: float | None = Field(1.0, gt=0, description="max global gradient norm; None: no clipping")
+    layer_decay: float | None = Field(None, gt=0, le=1, description="layer-wise lr decay of a ViT trunk "
+                                      "(DINOv2: 0.9); None: off")
+    patch_embed_lr_mult: float = Field(1.0, gt=0, description="extra lr factor of the patch embedding (DINOv2: 0.2)")
 
     @model_validator(mode="after")
     def _check(self) -> OptimizerConfig:
@@ -51,30 +56,65 @@ def decays(name: str, param: nn.Parameter) -> bool:
     return not any(part in name for part in NO_DECAY_NAME_PARTS)
 
 
-def param_groups(named_parameters: Iterable[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict]:
-    """Two AdamW groups, decayed and not, of (name, parameter) pairs; empty groups are dropped.
+def param_groups(named_parameters: Iterable[tuple[str, nn.Parameter]], weight_decay: float,
+                 lr_scales: Mapping[str, float] | None = None) -> list[dict]:
+    """AdamW groups of (name, parameter) pairs: decayed or not, times each learning-rate scale
+    (``lr_scales[name]``, default 1, kept as the group's ``lr_scale``); empty groups are dropped.
 
     Passing names makes the optimiser's state dict carry ``param_names`` (PyTorch >= 2.6), so a
     checkpoint says which moment belongs to which weight.
     """
-    decay, no_decay, seen = [], [], set()
+    lr_scales = lr_scales or {}
+    groups: dict[tuple[bool, float], list] = {}
+    seen: set[int] = set()
     for name, param in named_parameters:
         if not param.requires_grad:
             raise ValueError(f"parameter {name!r} does not require grad: leave it out of the trainable ones")
         if id(param) in seen:
             continue  # a tied weight is one parameter, optimised once
         seen.add(id(param))
-        (decay if decays(name, param) else no_decay).append((name, param))
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    groups = [group for group in groups if group["params"]]
+        groups.setdefault((decays(name, param), lr_scales.get(name, 1.0)), []).append((name, param))
     if not groups:
         raise ValueError("the task has no trainable parameters")
-    return groups
+    return [{"params": params, "weight_decay": weight_decay if decayed else 0.0, "decay": decayed, "lr_scale": scale}
+            for (decayed, scale), params in sorted(groups.items(), key=lambda item: (not item[0][0], -item[0][1]))]
 
 
-def build_adamw(named_parameters: Iterable[tuple[str, nn.Parameter]], config: OptimizerConfig) -> torch.optim.AdamW:
-    """AdamW over the two groups; the learning rate is set by the trainer at every step."""
-    groups = param_groups(named_parameters, config.weight_decay)
+def vit_lr_scales(names: Iterable[str], prefix: str, depth: int, layer_decay: float | None,
+                  patch_embed_lr_mult: float = 1.0) -> dict[str, float]:
+    """DINOv2's layer-wise learning-rate decay for the ViT whose parameters start with ``prefix``.
+
+        layer(name) = 0 for the patch embedding and the tokens, i + 1 for ``blocks.i``, depth + 1 otherwise
+        scale(name) = layer_decay ** (depth + 1 - layer(name))  (x patch_embed_lr_mult for the patch embedding)
+
+    Parameters outside the ViT (heads, decoder, text tower) keep scale 1, as in dinov2's
+    ``get_params_groups_with_decay``.
+    """
+    scales = {}
+    for name in names:
+        if not name.startswith(prefix):
+            continue
+        local = name.removeprefix(prefix)
+        if local.startswith(("patch_embed", "cls_token", "mask_token", "pos_embed", "reg_token", "register_tokens")):
+            layer = 0
+        elif local.startswith("blocks."):
+            layer = int(local.split(".")[1]) + 1
+        else:
+            layer = depth + 1
+        scale = (layer_decay if layer_decay is not None else 1.0) ** (depth + 1 - layer)
+        if local.startswith("patch_embed"):
+            scale *= patch_embed_lr_mult
+        scales[name] = scale
+    return scales
+
+
+def build_adamw(named_parameters: Iterable[tuple[str, nn.Parameter]], config: OptimizerConfig,
+                lr_scales: Mapping[str, float] | None = None) -> torch.optim.AdamW:
+    """AdamW over ``param_groups``; the trainer sets each group's learning rate (x its ``lr_scale``) every step."""
+    if lr_scales is None and (config.layer_decay is not None or config.patch_embed_lr_mult != 1.0):
+        raise ValueError("optimizer.layer_decay / patch_embed_lr_mult are set, but this task has no ViT trunk "
+                         "to apply them to")
+    groups = param_groups(named_parameters, config.weight_decay, lr_scales)
     on_cuda = all(param.is_cuda for group in groups for _, param in group["params"])
     # The fused kernel is the fastest on GPU; on CPU the default foreach path is used.
     return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps,

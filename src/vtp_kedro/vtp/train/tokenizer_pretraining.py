@@ -21,6 +21,7 @@ from vtp_kedro.vtp.models.vit import Block
 from vtp_kedro.vtp.models.vtp import VTPConfig, VTPModel
 from vtp_kedro.vtp.train.distributed import rank, world_size
 from vtp_kedro.vtp.train.flops import training_step_flops
+from vtp_kedro.vtp.train.optim import OptimizerConfig, vit_lr_scales
 from vtp_kedro.vtp.train.trainer import TrainTask
 
 TASK_FACTORY = "vtp_kedro.vtp.train.tokenizer_pretraining:build_task"
@@ -53,6 +54,12 @@ class VTPTask(TrainTask):
 
     def named_trainable_parameters(self) -> Iterable[tuple[str, nn.Parameter]]:
         return self.model.named_trainable_parameters()
+
+    def lr_scales(self, config: OptimizerConfig) -> dict[str, float]:
+        """DINOv2's layer-wise decay and patch-embedding factor over the tokenizer's encoder."""
+        names = [name for name, _ in self.named_trainable_parameters()]
+        return vit_lr_scales(names, "tokenizer.encoder.", self.model.config.tokenizer.encoder.depth,
+                             config.layer_decay, config.patch_embed_lr_mult)
 
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
         self.model.update_teacher(step, total_steps)

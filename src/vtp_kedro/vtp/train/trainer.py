@@ -63,7 +63,7 @@ from vtp_kedro.vtp.train.distributed import (
     world_size,
 )
 from vtp_kedro.vtp.train.optim import OptimizerConfig, build_adamw
-from vtp_kedro.vtp.train.schedules import learning_rate
+from vtp_kedro.vtp.train.schedules import learning_rate, warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,12 @@ class TrainTask(abc.ABC):
 
     def configure_optimizer(self, config: OptimizerConfig) -> torch.optim.Optimizer:
         """The optimiser of a single-optimizer task (default AdamW with no decay on norms, biases, tokens)."""
-        return build_adamw(self.named_trainable_parameters(), config)
+        return build_adamw(self.named_trainable_parameters(), config, self.lr_scales(config))
+
+    def lr_scales(self, config: OptimizerConfig) -> Mapping[str, float] | None:
+        """Per-parameter learning-rate factors (e.g. ``optim.vit_lr_scales`` for layer-wise decay);
+        None: the task has none, and ``layer_decay`` settings are refused."""
+        return None
 
     def configure_optimizers(self, configs: Mapping[str, OptimizerConfig]) -> dict[str, torch.optim.Optimizer]:
         """One optimizer per name of ``optimizer_names``, each over its own parameters; a
@@ -502,8 +507,12 @@ class Trainer:
         for name, optimizer in self.optimizers.items():
             opt_cfg = self.optimizer_configs[name]
             lr = learning_rate(opt_cfg.schedule, step, self.total_steps, opt_cfg.lr, opt_cfg.min_lr, opt_cfg.warmup_steps)
+            weight_decay = (None if opt_cfg.weight_decay_end is None else
+                            warmup_cosine(step, self.total_steps, opt_cfg.weight_decay, opt_cfg.weight_decay_end))
             for group in optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
+                if weight_decay is not None and group.get("decay"):
+                    group["weight_decay"] = weight_decay
             self._lrs[name] = lr
             losses = []
             loss_name = f"{name}/loss" if self._multi_optimizer else "loss"
