@@ -64,23 +64,33 @@ def test_dino_head_normalises_its_bottleneck():
     torch.testing.assert_close(seen[0].norm(dim=-1), torch.ones(8))
 
 
-def test_dino_head_prototypes_are_weight_normed_with_fixed_unit_gain():
+def test_dino_head_prototypes_are_weight_normed_with_a_trainable_gain_from_one():
     head = make_head()
     gain = head.last_layer.parametrizations.weight.original0
-    assert not gain.requires_grad and torch.all(gain == 1)
-    # Rescaling the direction parameter changes nothing: rows are renormalised to unit length.
+    assert gain.requires_grad and torch.all(gain == 1)
+    # Rescaling the direction parameter changes nothing: rows are renormalised to the gain.
     with torch.no_grad():
         head.last_layer.parametrizations.weight.original1.mul_(torch.rand(100, 1) * 10 + 0.1)
     torch.testing.assert_close(head.last_layer.weight.norm(dim=1), torch.ones(100))
-    # Hence each logit is a cosine similarity, within [-1, 1], also after training steps.
+    assert head(torch.randn(16, 48)).abs().max() <= 1 + 1e-5  # at gain 1, cosine similarities
     optimizer = torch.optim.SGD([p for p in head.parameters() if p.requires_grad], lr=1.0)
     for _ in range(3):
         logits = head(torch.randn(16, 48))
         optimizer.zero_grad()
         (-logits[:, 0].mean()).backward()
         optimizer.step()
-    assert torch.all(gain == 1)
-    assert head(torch.randn(16, 48)).abs().max() <= 1 + 1e-5
+    assert gain[0] > 1  # the gain of the prototype pushed up has grown
+
+
+def test_a_frozen_last_layer_gets_zero_gradients_while_the_mlp_learns():
+    head = make_head()
+    head(torch.randn(8, 48), freeze_last_layer=True).sum().backward()
+    last = [p.grad for p in head.last_layer.parameters()]
+    assert all(g is not None and torch.count_nonzero(g) == 0 for g in last)
+    assert all(torch.count_nonzero(p.grad) > 0 for p in head.mlp.parameters())
+    head.zero_grad()
+    head(torch.randn(8, 48)).sum().backward()
+    assert all(torch.count_nonzero(p.grad) > 0 for p in head.last_layer.parameters())
 
 
 def test_dino_head_rejects_non_positive_sizes():

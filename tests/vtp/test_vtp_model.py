@@ -178,3 +178,18 @@ def test_the_mask_token_does_not_dominate_the_first_gradient() -> None:
     share = norms["tokenizer.encoder.mask_token"] / encoder
     assert model.tokenizer.encoder.mask_token.std() > 0.01
     assert share < 0.5, f"the mask token carries {share:.2f} of the encoder's gradient norm"
+
+
+def test_the_prototypes_stay_frozen_for_their_first_steps() -> None:
+    torch.manual_seed(0)
+    config = small_config("ssl_ae")
+    model = VTPModel(config.model_copy(update={"dino_head": config.dino_head.model_copy(
+        update={"freeze_last_layer_steps": 2})})).train()
+    batch = embedded_batch(4)
+    for step, frozen in ((1, True), (2, False)):
+        model.zero_grad()
+        model.training_step(batch, step)[0].backward()
+        grads = [p.grad for p in model.dino_head.last_layer.parameters()]
+        assert all(g is not None for g in grads)
+        assert all(torch.count_nonzero(g) == 0 for g in grads) == frozen
+        assert torch.count_nonzero(model.dino_head.mlp[0].weight.grad) > 0

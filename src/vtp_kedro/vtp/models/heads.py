@@ -48,10 +48,12 @@ class DINOHead(nn.Module):
     """DINO/iBOT projection head, shared by the two losses (DINOv2's ``DINOHead``).
 
         h = MLP(x): Linear(in, hidden) GELU Linear(hidden, hidden) GELU Linear(hidden, bottleneck)
-        logits = W_hat @ (h / ||h||_2),   W_hat row k = v_k / ||v_k||   (weight norm, g fixed to 1)
+        logits = W_hat @ (h / ||h||_2),   W_hat row k = g_k v_k / ||v_k||   (weight norm, g_k from 1)
 
-    so every logit is a cosine similarity between the feature and a prototype. Applies to any
-    leading shape: (B, C) CLS features or (M, C) patch tokens.
+    so every logit is a gain times the cosine similarity between the feature and a prototype; the
+    gains train, as in dinov2's head and the VTP authors'. ``freeze_last_layer`` (DINOv2 freezes
+    it for the first epoch) keeps the prototypes and gains out of the gradient while the rest of
+    the head and the backbone learn. Applies to any leading shape: (B, C) or (M, C).
     """
 
     def __init__(self, in_dim: int, prototypes: int = 65536, hidden_dim: int = 2048, bottleneck_dim: int = 256) -> None:
@@ -68,12 +70,14 @@ class DINOHead(nn.Module):
         )
         self.mlp.apply(init_vit_weights)
         self.last_layer = weight_norm(nn.Linear(bottleneck_dim, prototypes, bias=False))
-        magnitude = self.last_layer.parametrizations.weight.original0
         with torch.no_grad():
-            magnitude.fill_(1.0)
-        magnitude.requires_grad_(False)
+            self.last_layer.parametrizations.weight.original0.fill_(1.0)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, freeze_last_layer: bool = False) -> Tensor:
         x = self.mlp(x)
         x = F.normalize(x, dim=-1, eps=1e-6 if x.dtype == torch.float16 else 1e-12)
-        return self.last_layer(x)
+        if not freeze_last_layer:
+            return self.last_layer(x)
+        # Zero gradients rather than none: DDP expects a gradient for every parameter a step used.
+        weight = self.last_layer.weight
+        return F.linear(x, weight.detach() + 0 * weight)

@@ -48,6 +48,7 @@ class DINOHeadConfig(Config):
     prototypes: int = Field(65536, gt=0, description="65536 at paper scale, fewer for small runs")
     hidden_dim: int = Field(2048, gt=0)
     bottleneck_dim: int = Field(256, gt=0)
+    freeze_last_layer_steps: int = Field(0, ge=0, description="steps the prototypes stay frozen (DINOv2: one epoch)")
 
 
 class MaskingConfig(Config):
@@ -170,12 +171,13 @@ class VTPModel(nn.Module):
             teacher_cls = teacher.dino_head(t_tokens[:, 0]).chunk(n_global)
             teacher_patch = teacher.dino_head(t_tokens[:, 1:][masks])
         encoder, bottleneck = self.tokenizer.encoder, self.tokenizer.bottleneck
+        frozen = step < self.config.dino_head.freeze_last_layer_steps
         s_global = self.semantic_tokens(encoder, bottleneck, globals_stacked, masks)
-        student_cls = list(self.dino_head(s_global[:, 0]).chunk(n_global))
+        student_cls = list(self.dino_head(s_global[:, 0], frozen).chunk(n_global))
         if local_crops:
             s_local = self.semantic_tokens(encoder, bottleneck, torch.cat(local_crops))
-            student_cls += list(self.dino_head(s_local[:, 0]).chunk(len(local_crops)))
-        student_patch = self.dino_head(s_global[:, 1:][masks])
+            student_cls += list(self.dino_head(s_local[:, 0], frozen).chunk(len(local_crops)))
+        student_patch = self.dino_head(s_global[:, 1:][masks], frozen)
         loss, metrics = self.ssl_loss(student_cls, teacher_cls, student_patch, teacher_patch, masks,
                                       s_global[:, 0].chunk(n_global), step)
         return loss, {"ssl": loss.detach(), **metrics}
