@@ -231,6 +231,23 @@ def test_weight_decay_follows_its_cosine_on_decayed_groups_only(tmp_path):
                                                        rel=1e-5)
 
 
+def test_counter_terms_are_logged_as_running_totals_and_survive_a_resume(tmp_path):
+    class Counting(ToyTask):
+        counters = ("samples_half",)
+
+        def training_step(self, batch, step):
+            loss, terms = super().training_step(batch, step)
+            return loss, {**terms, "samples_half": torch.tensor(len(batch["x"]) / 2)}
+
+    metrics: list = []
+    config = trainer_config(budget={"unit": "steps", "value": 6}, log_every=2, checkpoint_every=2)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(config, Counting(crash_at_step=4), ToyData(), tmp_path,
+                log_metrics=lambda m, s: metrics.append((s, m))).fit()
+    Trainer(config, Counting(), ToyData(), tmp_path, log_metrics=lambda m, s: metrics.append((s, m))).fit()
+    assert [(step, m["samples_half"]) for step, m in metrics] == [(2, 8.0), (4, 16.0), (6, 24.0)]
+
+
 def read_metrics_log(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 

@@ -193,3 +193,10 @@ def test_the_prototypes_stay_frozen_for_their_first_steps() -> None:
         assert all(g is not None for g in grads)
         assert all(torch.count_nonzero(g) == 0 for g in grads) == frozen
         assert torch.count_nonzero(model.dino_head.mlp[0].weight.grad) > 0
+
+
+@pytest.mark.parametrize("objective, counts", [("ae", (8, 0, 0)), ("vtp", (8, 8, 16))])  # fractions 0.5
+def test_each_objective_reports_the_images_it_used(objective: str, counts: tuple[int, int, int]) -> None:
+    torch.manual_seed(0)
+    _, metrics = VTPModel(small_config(objective)).training_step(embedded_batch(16), 0)
+    assert tuple(float(metrics[f"samples_{name}"]) for name in ("rec", "ssl", "clip")) == tuple(map(float, counts))

@@ -211,6 +211,11 @@ class VTPModel(nn.Module):
             total = total + self.lambda_ssl * ssl
             metrics.update(ssl_metrics)
         metrics["loss"] = total.detach()
+        # The images each objective used (the trainer keeps running totals): plots against data
+        # seen must not credit the ae preset with the whole batch it only sub-samples.
+        metrics["samples_rec"] = torch.tensor(float(len(rec_idx)))
+        metrics["samples_ssl"] = torch.tensor(float(len(ssl_idx) if self.lambda_ssl > 0 else 0))
+        metrics["samples_clip"] = torch.tensor(float(len(images) if self.lambda_clip > 0 else 0))
         return total, metrics
 
     @torch.no_grad()

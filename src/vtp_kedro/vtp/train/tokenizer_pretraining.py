@@ -44,6 +44,8 @@ class TokenizerPretrainingConfig(Config):
 class VTPTask(TrainTask):
     """``VTPModel.training_step`` under the trainer; the EMA teacher follows each applied step."""
 
+    counters = ("samples_rec", "samples_ssl", "samples_clip")
+
     def __init__(self, model: VTPModel, image_size: int, probe: OnlineProbe | None = None) -> None:
         self.model = model
         self.image_size = image_size

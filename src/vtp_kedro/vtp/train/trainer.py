@@ -175,6 +175,9 @@ class TrainTask(abc.ABC):
     # ("generator", "discriminator")) overrides this and ``configure_optimizers``, and its
     # ``training_step`` receives ``optimizer=<name>``: the loss whose gradients that one applies.
     optimizer_names: tuple[str, ...] = ("main",)
+    # Terms of training_step that count items of the micro-batch (e.g. the images an objective
+    # used): logged as running totals over steps and ranks, as ``samples`` is, not as window means.
+    counters: tuple[str, ...] = ()
 
     @abc.abstractmethod
     def training_step(self, batch: Any, step: int) -> tuple[Tensor, Mapping[str, float | Tensor]]:
@@ -348,6 +351,7 @@ class Trainer:
         self.samples = 0
         self.flops = 0.0
         self.nonfinite_total = 0
+        self.counts = dict.fromkeys(task.counters, 0.0)
         self.nonfinite_consecutive = 0
         self.resumed_from: Path | None = None
         self.last_checkpoint: Path | None = None
@@ -452,6 +456,7 @@ class Trainer:
         self.samples = trainer_state["samples"]
         self.flops = trainer_state["flops"]
         self.nonfinite_total = trainer_state["nonfinite_total"]
+        self.counts.update(trainer_state.get("counts", {}))
         self.nonfinite_consecutive = trainer_state["nonfinite_consecutive"]
         self.resumed_from = path
         log.info("resumed from %s at step %d", path, self.step)
@@ -588,6 +593,7 @@ class Trainer:
                 "samples": self.samples,
                 "flops": self.flops,
                 "nonfinite_total": self.nonfinite_total,
+                "counts": self.counts,
                 "nonfinite_consecutive": self.nonfinite_consecutive,
                 "world_size": world_size(),
                 "data": data_states,
@@ -622,6 +628,7 @@ class Trainer:
         metrics["samples_per_s"] = window["samples"] / elapsed
         metrics["samples"] = float(self.samples)
         metrics["nonfinite_steps"] = float(self.nonfinite_total)
+        metrics.update(self.counts)
         metrics.update(window.get("evaluation", {}))
         if window["flops"]:
             metrics["flops"] = self.flops
@@ -728,7 +735,10 @@ class Trainer:
                 self.samples += samples
                 self.flops += flops
                 for name, value in terms.items():
-                    window["terms"][name] = window["terms"].get(name, 0.0) + value
+                    if name in self.counts:  # the same count on every rank, as samples assumes
+                        self.counts[name] += float(value) * self.config.accumulation_steps * world_size()
+                    else:
+                        window["terms"][name] = window["terms"].get(name, 0.0) + value
                 window["steps"] += 1
                 window["samples"] += samples
                 window["flops"] += flops
