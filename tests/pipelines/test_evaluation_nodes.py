@@ -21,3 +21,18 @@ def test_feature_spaces_are_validated_when_the_run_starts():
         EvaluationParams(feature_spaces=("vgg16",))
     with pytest.raises(ValueError, match="feature_spaces"):
         EvaluationParams(feature_spaces=())
+
+
+def test_without_guidance_configured_the_unguided_set_points_to_the_guided_one(tmp_path):
+    from vtp_kedro.pipelines.dit_training.nodes import DiTTrainingParams, sample_dit_unguided
+    from vtp_kedro.pipelines.evaluation.nodes import _unguided_set
+
+    params = DiTTrainingParams.model_validate({
+        "runs_dir": str(tmp_path / "runs"), "model": {"preset": "tiny"}, "data": {"batch_size": 4},
+        "trainer": {"budget": {"unit": "steps", "value": 1}}, "sampling": {"cfg_scale": 1.0}})
+    unguided, guided = tmp_path / "unguided", tmp_path / "guided"
+    unguided.mkdir()
+    sample_dit_unguided({}, tmp_path / "tokenizer", tmp_path / "latents", params)(unguided)  # no DiT needed
+    assert list(unguided.iterdir()) == [unguided / "sampling.json"]
+    assert _unguided_set(unguided, guided) == guided
+    assert _unguided_set(guided, guided) == guided

@@ -213,7 +213,8 @@ def evaluate_understanding(tokenizer_checkpoint: dict[str, Any], pretrained_toke
     return report, plot_confusion_matrix(matrix, classes["classes"], title)
 
 
-def _sample_set(folder: Path, guided: Path) -> Path:
+def _unguided_set(folder: Path, guided: Path) -> Path:
+    """The unguided sample folder, or the guided one where sampling said they are the same (CFG scale 1)."""
     record = json.loads((Path(folder) / SETTINGS_FILE).read_text()) if (Path(folder) / SETTINGS_FILE).is_file() else {}
     return Path(guided) if SAME_AS_KEY in record else Path(folder)
 
@@ -228,7 +229,10 @@ def evaluate_generation(dit_samples: Path, dit_samples_unguided: Path, raw_label
     classifier = reference_space(reference_classifier).create(device)
     expected = read_reference_record(reference_classifier)["classes"]
     report: dict[str, Any] = {}
-    for name, folder in (("unguided", _sample_set(dit_samples_unguided, dit_samples)), ("guided", Path(dit_samples))):
+    for name, folder in (("unguided", _unguided_set(dit_samples_unguided, dit_samples)), ("guided", Path(dit_samples))):
+        if name == "guided" and folder == _unguided_set(dit_samples_unguided, dit_samples):
+            report[name] = report["unguided"]  # CFG scale 1: one set, scored once
+            continue
         pixels, labels, record = read_samples(folder)
         classes = record["classes"]
         if classes != expected:
