@@ -229,7 +229,7 @@ def test_block_options_layer_scale_drop_path_and_ffn():
     first, last = model.blocks[0], model.blocks[-1]
     assert torch.all(first.ls1.gamma == 1e-4)
     assert last.drop_path1.drop_prob == pytest.approx(0.2)
-    assert isinstance(first.drop_path1, torch.nn.Identity)  # linear rule: block 0 never dropped
+    assert first.drop_path1.drop_prob == 0.0  # linear rule: block 0 never dropped
     assert first.mlp.fc1.out_features == 4 * 192
     swiglu = Block(192, 3)
     assert swiglu.mlp.fc1_g.out_features == 512  # 2/3 * 768, multiple of 8

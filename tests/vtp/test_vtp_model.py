@@ -200,3 +200,21 @@ def test_each_objective_reports_the_images_it_used(objective: str, counts: tuple
     torch.manual_seed(0)
     _, metrics = VTPModel(small_config(objective)).training_step(embedded_batch(16), 0)
     assert tuple(float(metrics[f"samples_{name}"]) for name in ("rec", "ssl", "clip")) == tuple(map(float, counts))
+
+
+def test_each_objective_pass_uses_its_own_drop_path_rate() -> None:
+    torch.manual_seed(0)
+    rates = {"clip": 0.0, "ssl": 0.5, "rec": 0.2}
+    for objective, expected in (("vtp", [0.0, 0.5, 0.5]), ("ssl_ae", [0.2, 0.5, 0.5])):
+        model = VTPModel(small_config(objective, drop_path=rates)).train()
+        seen: list[float] = []
+        last = model.tokenizer.encoder.blocks[-1].drop_path1
+        last.register_forward_pre_hook(lambda module, args: seen.append(module.drop_prob))
+        model.training_step(embedded_batch(4), 0)
+        assert seen == pytest.approx(expected)  # the first pass (CLIP, or reconstruction alone), then the crops
+        assert model.tokenizer.encoder.blocks[0].drop_path1.drop_prob == 0.0  # timm's linear schedule from 0
+        assert not model.teacher["encoder"].blocks[-1].training
+    both = small_config("vtp").model_dump()
+    both["tokenizer"]["encoder"]["drop_path"], both["drop_path"] = 0.1, rates
+    with pytest.raises(ValueError, match="not both"):
+        VTPConfig.model_validate(both)

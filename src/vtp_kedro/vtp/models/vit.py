@@ -177,11 +177,11 @@ class Block(nn.Module):
         self.norm1 = make_norm(norm, width)
         self.attn = Attention(width, heads, qk_norm=qk_norm)
         self.ls1 = LayerScale(width, layer_scale) if layer_scale else nn.Identity()
-        self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path1 = DropPath(drop_path)  # a no-op at rate 0; kept so that set_drop_path can raise it
         self.norm2 = make_norm(norm, width)
         self.mlp = make_ffn(ffn, width, mlp_ratio)
         self.ls2 = LayerScale(width, layer_scale) if layer_scale else nn.Identity()
-        self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path2 = DropPath(drop_path)
 
     def forward(self, x: Tensor, rope: Tensor | None = None) -> Tensor:
         x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), rope)))
@@ -247,6 +247,12 @@ class VisionTransformer(nn.Module):
         nn.init.trunc_normal_(self.mask_token, std=0.02)
         if self.pos_embed is not None:
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
+
+    def set_drop_path(self, rate: float) -> None:
+        """Stochastic depth from now on: ``rate`` at the last block, linearly less towards the first
+        (timm's schedule). VTP sets it before each objective's pass (``VTPConfig.drop_path``)."""
+        for block, block_rate in zip(self.blocks, calculate_drop_path_rates(rate, len(self.blocks))):
+            block.drop_path1.drop_prob = block.drop_path2.drop_prob = block_rate
 
     def grid_size(self, images: Tensor) -> tuple[int, int]:
         """The (H/p, W/p) token grid of a batch of images, after checking its shape."""

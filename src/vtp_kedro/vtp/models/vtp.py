@@ -51,6 +51,16 @@ class DINOHeadConfig(Config):
     freeze_last_layer_steps: int = Field(0, ge=0, description="steps the prototypes stay frozen (DINOv2: one epoch)")
 
 
+class ObjectiveDropPath(Config):
+    """Stochastic depth of the encoder's last block in each objective's pass (the authors' model has
+    one rate per pass); the EMA teacher never drops. When CLIP runs, reconstruction decodes the
+    latents of CLIP's pass, so it shares the CLIP rate."""
+
+    clip: float = Field(0.0, ge=0, lt=1)
+    ssl: float = Field(0.0, ge=0, lt=1)
+    rec: float = Field(0.0, ge=0, lt=1)
+
+
 class MaskingConfig(Config):
     """iBOT block masking of the student's global crops (DINOv2's defaults)."""
 
@@ -76,6 +86,8 @@ class VTPConfig(Config):
     ssl: SSLLossConfig | None = Field(None, description="None: defaults with out_dim = dino_head.prototypes")
     multicrop: MultiCropConfig = MultiCropConfig()
     masking: MaskingConfig = MaskingConfig()
+    drop_path: ObjectiveDropPath | None = Field(None, description="per-objective rates; None: the encoder's "
+                                                                  "drop_path for every pass")
     teacher_momentum: tuple[float, float] = Field((0.992, 1.0), description="cosine schedule start, end")
     seed: int = Field(0, ge=0, description="seed of the sub-batch, crop and mask sampler")
 
@@ -87,6 +99,9 @@ class VTPConfig(Config):
         start, end = self.teacher_momentum
         if not 0 <= start <= end <= 1:
             raise ValueError(f"teacher_momentum must satisfy 0 <= start <= end <= 1, got {self.teacher_momentum}")
+        if self.drop_path is not None and self.tokenizer.encoder.drop_path > 0:
+            raise ValueError("set either tokenizer.encoder.drop_path (every pass) or drop_path (per objective), "
+                             "not both")
         patch = self.tokenizer.encoder.patch_size
         for name in ("global_size", "local_size"):
             if self.lambdas[1] > 0 and getattr(self.multicrop, name) % patch:
@@ -171,6 +186,7 @@ class VTPModel(nn.Module):
             teacher_cls = teacher.dino_head(t_tokens[:, 0]).chunk(n_global)
             teacher_patch = teacher.dino_head(t_tokens[:, 1:][masks])
         encoder, bottleneck = self.tokenizer.encoder, self.tokenizer.bottleneck
+        self._set_drop_path("ssl")
         frozen = step < self.config.dino_head.freeze_last_layer_steps
         s_global = self.semantic_tokens(encoder, bottleneck, globals_stacked, masks)
         student_cls = list(self.dino_head(s_global[:, 0], frozen).chunk(n_global))
@@ -181,6 +197,10 @@ class VTPModel(nn.Module):
         loss, metrics = self.ssl_loss(student_cls, teacher_cls, student_patch, teacher_patch, masks,
                                       s_global[:, 0].chunk(n_global), step)
         return loss, {"ssl": loss.detach(), **metrics}
+
+    def _set_drop_path(self, objective: Literal["clip", "ssl", "rec"]) -> None:
+        if self.config.drop_path is not None:
+            self.tokenizer.encoder.set_drop_path(getattr(self.config.drop_path, objective))
 
     # --- one step -------------------------------------------------------------------
     def training_step(self, batch: dict[str, Tensor], step: int) -> tuple[Tensor, dict[str, Tensor]]:
@@ -195,6 +215,7 @@ class VTPModel(nn.Module):
         metrics: dict[str, Tensor] = {}
         total = images.new_zeros(())
         if self.lambda_clip > 0:
+            self._set_drop_path("clip")
             feats = self.tokenizer.forward_features(images)
             semantic = self.tokenizer.semantic_features(feats, self.config.semantic_features)
             clip, clip_metrics = self.clip_objective(semantic[:, 0], batch["tokens"])
@@ -202,6 +223,7 @@ class VTPModel(nn.Module):
             metrics.update(clip_metrics)
             latent = feats.latent()[rec_idx]
         else:
+            self._set_drop_path("rec")
             latent = self.tokenizer.encode(images[rec_idx])
         rec, rec_metrics = self.reconstruction_objective(latent, images[rec_idx])
         total = total + self.lambda_rec * rec
