@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 from matplotlib.figure import Figure
 from pydantic import Field, model_validator
 
@@ -19,7 +18,7 @@ from vtp_kedro.vtp.metrics.reconstruction import plot_image_grid
 from vtp_kedro.vtp.models.dit import DIT_PRESETS, DiTConfig
 from vtp_kedro.vtp.io import atomic_path
 from vtp_kedro.vtp.jobs.sample_dit import JOB as SAMPLING
-from vtp_kedro.vtp.jobs.sample_dit import SAME_AS_KEY, SETTINGS_FILE, SamplingJobConfig, read_samples
+from vtp_kedro.vtp.jobs.sample_dit import SAME_AS_KEY, SETTINGS_FILE, SamplingJobConfig, samples_per_class
 from vtp_kedro.vtp.sampling import SampleSetConfig
 from vtp_kedro.vtp.train.curves import plot_curves
 from vtp_kedro.vtp.train.dit_training import TASK_FACTORY, DiTTrainingConfig
@@ -158,10 +157,7 @@ def sample_dit_unguided(dit_checkpoint: dict[str, Any], gan_tokenizer: Path, lat
 
 def plot_dit_samples(dit_samples: Path, params: DiTTrainingParams) -> Figure:
     """One row per class: the first ``grid_per_class`` samples of each."""
-    pixels, labels, record = read_samples(dit_samples)
-    classes, sampler = record["classes"], record["sampler"]
-    per_class = max(1, min(params.sampling.grid_per_class, len(labels) // len(classes)))
-    rows = {name: torch.from_numpy(pixels[labels == k][:per_class]).permute(0, 3, 1, 2).float() / 255
-            for k, name in enumerate(classes)}
+    rows, record = samples_per_class(dit_samples, params.sampling.grid_per_class)
+    sampler = record["sampler"]
     return plot_image_grid(rows, title=f"class-conditional samples (cfg {sampler['cfg_scale']}, "
                                        f"{sampler['num_steps']} {sampler['solver']} steps)")

@@ -21,7 +21,7 @@ from vtp_kedro.vtp.config import Config
 from vtp_kedro.vtp.data.embedded_task import LabelledSplit, pixel_features
 from vtp_kedro.vtp.data.imagefolder import LabelledImageFolder, cropped_batches
 from vtp_kedro.vtp.inference import NoTextTowerError, load_clip_towers, load_tokenizer, tokenizer_source
-from vtp_kedro.vtp.jobs.sample_dit import SAME_AS_KEY, SETTINGS_FILE, read_samples
+from vtp_kedro.vtp.jobs.sample_dit import SAME_AS_KEY, SETTINGS_FILE, read_samples, samples_per_class
 from vtp_kedro.vtp.metrics.fidelity import FeatureSpace, extract_features, inception_space, reference_space
 from vtp_kedro.vtp.metrics.generation import (
     adm_reference_batch,
@@ -173,18 +173,18 @@ def evaluate_understanding(tokenizer_checkpoint: dict[str, Any], pretrained_toke
     settings, root = params.understanding, _root(raw_labelled_images, params)
     device = resolve_device(params.device)
     tokenizer = load_tokenizer(pretrained_tokenizer, device)
-    classes = read_reference_record(reference_classifier)
+    classifier_record = read_reference_record(reference_classifier)
     towers = classifier = template_set = None
     zero_shot: dict[str, Any] = {"top1": None, "top5": None}
     if settings.zero_shot:
         try:
             towers = load_clip_towers(tokenizer_checkpoint["path"], device)
-            classifier, template_set = zero_shot_classifier(towers, classes["classes"])
+            classifier, template_set = zero_shot_classifier(towers, classifier_record["classes"])
         except NoTextTowerError as exc:
             zero_shot["skipped"] = str(exc)
     train = _features(tokenizer, root, "train", params, settings.max_train_images)
     val = _features(tokenizer, root, params.reconstruction.split, params, None, towers, classifier)
-    count = len(classes["classes"])
+    count = len(classifier_record["classes"])
     probe_args = dict(learning_rates=settings.learning_rates, epochs=settings.epochs, batch_size=settings.batch_size,
                       seed=settings.seed)
     probe = linear_probe(train["features"], train["labels"], val["features"], val["labels"], count, **probe_args)
@@ -193,7 +193,7 @@ def evaluate_understanding(tokenizer_checkpoint: dict[str, Any], pretrained_toke
         "top1": probe.top1, "top5": probe.top5, "lr": probe.lr, "features": settings.features,
         "feature_dim": int(train["features"].shape[1]), "chance": chance,
         "top1_per_lr": {f"{lr:g}": value for lr, value in probe.top1_per_lr.items()},
-        "supervised_cnn_top1": classes["val_top1"],
+        "supervised_cnn_top1": classifier_record["val_top1"],
         "train_images": len(train["labels"]), "val_images": len(val["labels"]),
         "protocol": "DINOv2 linear eval: SGD momentum 0.9, no weight decay, cosine, lr sweep, best val top-1",
     }}
@@ -210,7 +210,7 @@ def evaluate_understanding(tokenizer_checkpoint: dict[str, Any], pretrained_toke
     matrix = confusion_matrix(probe.predictions, val["labels"], count)
     report["linear_probe"]["confusion_matrix"] = matrix.tolist()
     title = f"linear probe on {settings.features} features: top-1 {probe.top1:.3f} (chance {chance:.3f})"
-    return report, plot_confusion_matrix(matrix, classes["classes"], title)
+    return report, plot_confusion_matrix(matrix, classifier_record["classes"], title)
 
 
 def _unguided_set(folder: Path, guided: Path) -> Path:
@@ -257,10 +257,7 @@ def evaluate_generation(dit_samples: Path, dit_samples_unguided: Path, raw_label
         logits = extract_features(classifier, uint8_batches(pixels, params.batch_size))["logits"]
         entry.update(class_accuracy(logits, torch.from_numpy(labels), classes))
         report[name] = entry
-    pixels, labels, record = read_samples(dit_samples)
-    per_class = max(1, min(settings.grid_per_class, len(labels) // len(record["classes"])))
-    rows = {name: torch.from_numpy(pixels[labels == k][:per_class]).permute(0, 3, 1, 2).float() / 255
-            for k, name in enumerate(record["classes"])}
+    rows, record = samples_per_class(dit_samples, settings.grid_per_class)
     grid = plot_image_grid(rows, title=f"samples per class (cfg {record['sampler']['cfg_scale']}, gen_class_acc "
                                        f"{report['guided']['gen_class_acc']:.3f})")
     return report, grid

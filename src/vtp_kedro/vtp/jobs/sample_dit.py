@@ -121,6 +121,15 @@ def read_samples(folder: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str, 
         return npz["arr_0"], npz["labels"], json.loads((folder / SETTINGS_FILE).read_text())
 
 
+def samples_per_class(folder: str | Path, per_class: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """``({class: the first per_class samples, (n, 3, H, W) in [0, 1]}, sampling.json)`` for a per-class grid."""
+    pixels, labels, record = read_samples(folder)
+    count = max(1, min(per_class, len(labels) // len(record["classes"])))
+    rows = {name: torch.from_numpy(pixels[labels == k][:count]).permute(0, 3, 1, 2).float() / 255
+            for k, name in enumerate(record["classes"])}
+    return rows, record
+
+
 JOB = Job("vtp_kedro.vtp.jobs.sample_dit", run,
           lambda path: SamplingJobConfig.model_validate_json(Path(path).read_text()))
 

@@ -89,11 +89,12 @@ def measure_reconstruction(tokenizers: dict[str, Tokenizer], batches: Iterable[t
             metrics[name].update(reconstruction, originals.to(on))
             pairs[name] = to_uint8(reconstruction)
         for name, pixels in pairs.items():
+            # One pass per extractor: the reference space's own pass also gives the classifier's logits.
+            outputs = {space: extract_features(extractor, [pixels]) for space, extractor in extractors.items()}
             for space in spaces:
-                value = extract_features(extractors[space.name], [pixels])[space.fid_layer]
-                features.setdefault((space.name, name), []).append(value)
+                features.setdefault((space.name, name), []).append(outputs[space.name][space.fid_layer])
             if classifier is not None:
-                logits = extract_features(extractors[classifier.name], [pixels])[classifier.isc_layer]
+                logits = outputs[classifier.name][classifier.isc_layer]
                 correct[name] += int((logits.argmax(1) == labels).sum())
     report: dict[str, dict[str, float]] = {}
     for name in tokenizers:
