@@ -224,6 +224,17 @@ def test_apply_rope_rejects_a_table_longer_than_the_sequence():
         apply_rope(torch.randn(1, 2, 8, 32), axial_rope(32).get_embed((4, 4)))
 
 
+def test_layer_scale_starts_every_block_near_the_identity():
+    """DINOv2's LayerScale 1e-5: each residual branch enters scaled by 1e-5, so a fresh block
+    passes its input through almost unchanged (without it, the branches are O(1))."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 17, 192)
+    for layer_scale, low, high in ((1e-5, 0.0, 1e-4), (None, 0.1, 10.0)):
+        block = Block(192, 3, layer_scale=layer_scale)
+        change = ((block(x) - x).norm() / x.norm()).item()
+        assert low <= change < high, (layer_scale, change)
+
+
 def test_block_options_layer_scale_drop_path_and_ffn():
     model = tiny(layer_scale=1e-4, drop_path=0.2, ffn="mlp")
     first, last = model.blocks[0], model.blocks[-1]

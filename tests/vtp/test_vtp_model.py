@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -180,19 +182,47 @@ def test_the_mask_token_does_not_dominate_the_first_gradient() -> None:
     assert share < 0.5, f"the mask token carries {share:.2f} of the encoder's gradient norm"
 
 
-def test_the_prototypes_stay_frozen_for_their_first_steps() -> None:
+@pytest.mark.parametrize("separate", [False, True])
+def test_the_prototypes_stay_frozen_for_their_first_steps(separate: bool) -> None:
     torch.manual_seed(0)
-    config = small_config("ssl_ae")
+    config = small_config("ssl_ae", ibot_separate_head=separate)
     model = VTPModel(config.model_copy(update={"dino_head": config.dino_head.model_copy(
         update={"freeze_last_layer_steps": 2})})).train()
     batch = embedded_batch(4)
+    heads = [model.dino_head] + ([model.ibot_head] if separate else [])
     for step, frozen in ((1, True), (2, False)):
         model.zero_grad()
         model.training_step(batch, step)[0].backward()
-        grads = [p.grad for p in model.dino_head.last_layer.parameters()]
-        assert all(g is not None for g in grads)
-        assert all(torch.count_nonzero(g) == 0 for g in grads) == frozen
-        assert torch.count_nonzero(model.dino_head.mlp[0].weight.grad) > 0
+        for head in heads:
+            grads = [p.grad for p in head.last_layer.parameters()]
+            assert all(g is not None for g in grads)
+            assert all(torch.count_nonzero(g) == 0 for g in grads) == frozen
+            assert torch.count_nonzero(head.mlp[0].weight.grad) > 0
+
+
+def test_a_separate_ibot_head_scores_the_masked_patches_alone() -> None:
+    """With ``ibot_separate_head`` the masked patches go through ``ibot_head`` (student and EMA
+    teacher) and the CLS tokens through ``dino_head``: changing the iBOT head changes the iBOT
+    term and leaves the DINO term as it was."""
+    torch.manual_seed(0)
+    shared = VTPModel(small_config("ssl_ae"))
+    assert not hasattr(shared, "ibot_head") and "ibot_head" not in shared.teacher
+    model = VTPModel(small_config("ssl_ae", ibot_separate_head=True)).train()
+    assert torch.equal(model.teacher.ibot_head.mlp[0].weight, model.ibot_head.mlp[0].weight)
+    changed = copy.deepcopy(model)
+    with torch.no_grad():
+        changed.ibot_head.mlp[0].weight.mul_(3.0)
+        changed.teacher.ibot_head.mlp[0].weight.mul_(3.0)
+    calls = {name: count_calls(getattr(model, name)) for name in ("dino_head", "ibot_head")}
+    calls |= {f"teacher.{name}": count_calls(model.teacher[name]) for name in ("dino_head", "ibot_head")}
+    batch = embedded_batch(8)
+    _, metrics = model.training_step(batch, 0)
+    _, changed_metrics = changed.training_step(batch, 0)
+    # The student's DINO head scores the global crops and the local crops; the other heads run once.
+    assert {name: c[0] for name, c in calls.items()} == {"dino_head": 2, "ibot_head": 1,
+                                                          "teacher.dino_head": 1, "teacher.ibot_head": 1}
+    assert torch.equal(metrics["dino"], changed_metrics["dino"])
+    assert not torch.allclose(metrics["ibot"], changed_metrics["ibot"])
 
 
 @pytest.mark.parametrize("objective, counts", [("ae", (8, 0, 0)), ("vtp", (8, 8, 16))])  # fractions 0.5

@@ -83,6 +83,8 @@ class VTPConfig(Config):
     rec_fraction: float = Field(0.125, gt=0, le=1, description="B_rec / B (paper 2k / 16k)")
     reconstruction: ReconstructionLossConfig = ReconstructionLossConfig()
     dino_head: DINOHeadConfig = DINOHeadConfig()
+    ibot_separate_head: bool = Field(False, description="iBOT's masked patches get their own head of dino_head's "
+                                                        "shape (dinov2's ibot.separate_head); False: they share it")
     ssl: SSLLossConfig | None = Field(None, description="None: defaults with out_dim = dino_head.prototypes")
     multicrop: MultiCropConfig = MultiCropConfig()
     masking: MaskingConfig = MaskingConfig()
@@ -145,6 +147,8 @@ class VTPModel(nn.Module):
         if self.lambda_ssl > 0:
             head = config.dino_head
             self.dino_head = DINOHead(semantic_dim, head.prototypes, head.hidden_dim, head.bottleneck_dim)
+            if config.ibot_separate_head:
+                self.ibot_head = DINOHead(semantic_dim, head.prototypes, head.hidden_dim, head.bottleneck_dim)
             self.ssl_loss = SSLLoss(config.ssl_loss)
             self.multicrop = MultiCrop(config.multicrop)
             self.teacher = make_teacher(nn.ModuleDict(self._teacher_pairs_student()))
@@ -154,8 +158,17 @@ class VTPModel(nn.Module):
         self.sampler = torch.Generator().manual_seed(config.seed + 1_000_003 * rank)
 
     def _teacher_pairs_student(self) -> dict[str, nn.Module]:
-        return {"encoder": self.tokenizer.encoder, "bottleneck": self.tokenizer.bottleneck,
-                "dino_head": self.dino_head}
+        pairs = {"encoder": self.tokenizer.encoder, "bottleneck": self.tokenizer.bottleneck,
+                 "dino_head": self.dino_head}
+        if self.config.ibot_separate_head:
+            pairs["ibot_head"] = self.ibot_head
+        return pairs
+
+    @staticmethod
+    def patch_head(model: nn.Module) -> DINOHead:
+        """The head of the masked patches in the student (``self``) or the teacher: iBOT's own, or DINO's."""
+        head = getattr(model, "ibot_head", None)
+        return model.dino_head if head is None else head
 
     def semantic_tokens(self, encoder: nn.Module, bottleneck: nn.Module, images: Tensor,
                         mask: Tensor | None = None) -> Tensor:
@@ -184,7 +197,7 @@ class VTPModel(nn.Module):
             teacher = self.teacher
             t_tokens = self.semantic_tokens(teacher.encoder, teacher.bottleneck, globals_stacked)
             teacher_cls = teacher.dino_head(t_tokens[:, 0]).chunk(n_global)
-            teacher_patch = teacher.dino_head(t_tokens[:, 1:][masks])
+            teacher_patch = self.patch_head(teacher)(t_tokens[:, 1:][masks])
         encoder, bottleneck = self.tokenizer.encoder, self.tokenizer.bottleneck
         self._set_drop_path("ssl")
         frozen = step < self.config.dino_head.freeze_last_layer_steps
@@ -193,7 +206,7 @@ class VTPModel(nn.Module):
         if local_crops:
             s_local = self.semantic_tokens(encoder, bottleneck, torch.cat(local_crops))
             student_cls += list(self.dino_head(s_local[:, 0], frozen).chunk(len(local_crops)))
-        student_patch = self.dino_head(s_global[:, 1:][masks], frozen)
+        student_patch = self.patch_head(self)(s_global[:, 1:][masks], frozen)
         loss, metrics = self.ssl_loss(student_cls, teacher_cls, student_patch, teacher_patch, masks,
                                       s_global[:, 0].chunk(n_global), step)
         return loss, {"ssl": loss.detach(), **metrics}
