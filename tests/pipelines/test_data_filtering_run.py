@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -94,3 +95,14 @@ def test_bad_parameter_fails_before_reading_data_naming_the_key(project: Path) -
                    "--params", "data_filtering.rules.min_sidee=3", check=False)
     assert result.returncode != 0
     assert "rules.min_sidee" in result.stdout + result.stderr
+
+
+def test_a_piped_run_logs_one_plain_line_per_record(project: Path) -> None:
+    """conf/logging.yml: no rich columns wrapped at 80 characters in a CI or scheduler log."""
+    result = kedro(project, "run", "--env", "ci", "--pipeline", "data_generation")
+    record = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: ")
+    records = [line for line in result.stdout.splitlines() if record.match(line)]
+    assert any(line.endswith("Running node: generate_captioned_shards: generate_captioned_shards("
+                             "[params:data_generation]) -> [raw_captioned_shards]") for line in records)
+    assert any("Pipeline execution completed successfully" in line for line in records)
+    assert [line for line in result.stdout.splitlines() if line.strip() and not record.match(line)] == []
