@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+import pkgutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -84,3 +86,60 @@ class ProjectMlflowHook(MlflowHook):
             for name, value in inputs.items()
         }
         super().before_node_run(node, catalog, inputs, is_async)
+
+
+def project_pipelines() -> dict[str, Pipeline]:
+    """Every pipeline of the project by name. Not Kedro's registry: during `kedro run --pipeline X`
+    it holds only X, and the pipeline that makes X's missing input is another one."""
+    from kedro.framework.project import PACKAGE_NAME
+
+    package = importlib.import_module(f"{PACKAGE_NAME}.pipelines")
+    return {name: importlib.import_module(f"{package.__name__}.{name}").create_pipeline()
+            for _, name, is_package in sorted(pkgutil.iter_modules(package.__path__)) if is_package}
+
+
+class MissingInputError(FileNotFoundError):
+    """A pipeline's input has not been made: names the dataset, its path and the pipeline that makes it."""
+
+
+def missing_input_message(dataset: str, catalog: CatalogProtocol) -> str:
+    described = catalog.get(dataset)._describe() if dataset in catalog else {}
+    path = described.get("filepath") or described.get("path")
+    made_by = [name for name, made in project_pipelines().items() if dataset in made.all_outputs()]
+    hint = f"run `kedro run --pipeline {made_by[0]}` first" if made_by else "no pipeline makes it: put it there"
+    where = f" ({path})" if path is not None else ""
+    return f"input {dataset!r}{where} does not exist: {hint}"
+
+
+class MissingInputsHook:
+    """Name the pipeline to run first when an input on disk has not been made.
+
+    ``kedro run --pipeline decoder_gan`` on a fresh clone would otherwise fail inside a dataset
+    or a reader with a bare path. Inputs that must exist fail before the first node. A
+    ``FolderDataset`` input may legitimately be absent (a parameter can point the node at
+    other data, e.g. ``tokenizer_pretraining.data.shards``), so for those the node's own
+    error, which names the path, gets a note saying which pipeline makes the folder.
+    """
+
+    @hook_impl
+    def before_pipeline_run(
+        self, run_params: dict[str, Any], pipeline: Pipeline, catalog: CatalogProtocol
+    ) -> None:
+        for dataset in sorted(pipeline.inputs()):
+            if self._may_be_absent(dataset, catalog) or catalog.exists(dataset):
+                continue
+            raise MissingInputError(missing_input_message(dataset, catalog))
+
+    @hook_impl
+    def on_node_error(self, error: Exception, node: Node, catalog: CatalogProtocol) -> None:
+        for dataset in node.inputs:
+            if self._may_be_absent(dataset, catalog) and not catalog.exists(dataset):
+                error.add_note(missing_input_message(dataset, catalog))
+
+    @staticmethod
+    def _may_be_absent(dataset: str, catalog: CatalogProtocol) -> bool:
+        if dataset.startswith("params:") or dataset == "parameters" or dataset not in catalog:
+            return True
+        from vtp_kedro.datasets.folder import FolderDataset
+
+        return isinstance(catalog.get(dataset), FolderDataset)

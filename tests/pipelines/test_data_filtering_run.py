@@ -106,3 +106,14 @@ def test_a_piped_run_logs_one_plain_line_per_record(project: Path) -> None:
                              "[params:data_generation]) -> [raw_captioned_shards]") for line in records)
     assert any("Pipeline execution completed successfully" in line for line in records)
     assert [line for line in result.stdout.splitlines() if line.strip() and not record.match(line)] == []
+
+
+@pytest.mark.parametrize("pipeline, maker", [("decoder_gan", "tokenizer_pretraining"),
+                                             ("dit_training", "latent_extraction"),
+                                             ("evaluation", "decoder_gan")])
+def test_a_pipeline_run_alone_names_the_pipeline_that_makes_its_missing_input(
+        project: Path, pipeline: str, maker: str) -> None:
+    result = kedro(project, "run", "--env", "ci", "--pipeline", pipeline, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert f"does not exist: run `kedro run --pipeline {maker}` first" in output
