@@ -143,3 +143,18 @@ class MissingInputsHook:
         from vtp_kedro.datasets.folder import FolderDataset
 
         return isinstance(catalog.get(dataset), FolderDataset)
+
+
+class HeadlineHook:
+    """A run that evaluated ends by printing where the report is and its headline numbers."""
+
+    @hook_impl
+    def after_pipeline_run(self, run_params: dict[str, Any], pipeline: Pipeline, catalog: CatalogProtocol) -> None:
+        if "evaluation_metrics" not in pipeline.all_outputs():
+            return
+        from vtp_kedro.vtp.metrics.report import headline_table
+
+        report = catalog.get("evaluation_summary")._describe()
+        where = report.get("filepath") or report.get("dataset", {}).get("filepath")
+        print(f"\nEvaluation report: {os.path.relpath(where)} (metrics.json and the plots beside it)\n"
+              f"{headline_table(catalog.load('evaluation_metrics'))}\n", flush=True)

@@ -21,8 +21,17 @@ def dit_project(filtered_project: Path, tmp_path_factory: pytest.TempPathFactory
     project = tmp_path_factory.mktemp("dit") / "project"
     shutil.copytree(filtered_project, project, symlinks=True)
     for pipeline in ("tokenizer_pretraining", "decoder_gan", "latent_extraction", "dit_training", "evaluation"):
-        kedro(project, "run", "--env", "ci", "--pipeline", pipeline)
+        result = kedro(project, "run", "--env", "ci", "--pipeline", pipeline)
+    (project / "evaluation_stdout.txt").write_text(result.stdout)
     return project
+
+
+def test_the_evaluation_run_ends_with_the_report_and_the_headline_numbers(dit_project: Path) -> None:
+    tail = (dit_project / "evaluation_stdout.txt").read_text().split("Evaluation report: ")[-1]
+    assert tail.startswith("data/08_reporting/evaluation/summary.md")
+    for row in ("PSNR post-GAN (dB)", "linear probe top-1", "zero-shot top-1", "gen_class_acc (cfg 2)"):
+        assert row in tail
+    assert "chance 10.0%" in tail
 
 
 def test_latents_stats_checkpoint_samples_and_grid(dit_project: Path) -> None:

@@ -100,3 +100,24 @@ def summary_markdown(metrics: dict[str, Any], paper: dict[str, Any] = PAPER_REFE
                 f"CFG {sampler['cfg_scale']} from t >= {sampler['cfg_interval_start']} on {sampler['cfg_channels']} "
                 f"channels, seed {sampler['seed']}; precision/recall k = {protocol['precision_recall_k']}")
     return "\n".join(lines) + "\n"
+
+
+def headline_table(metrics: dict[str, Any]) -> str:
+    """Six numbers beside their floors and ceilings, as plain text for the end of a run's log."""
+    rec, und, gen = metrics["reconstruction"], metrics["understanding"], metrics["generation"]
+    probe, guided = und["linear_probe"], gen["guided"]
+    rfid_name, rfid = _fid_name(rec["post_gan"], "rfid")
+    gfid_name, gfid = _fid_name(guided, "gfid")
+    cfg = f"cfg {guided['cfg_scale']:g}"
+    rows = [("metric", "this run", "floor / ceiling"),
+            ("PSNR post-GAN (dB)", _number(rec["post_gan"]["psnr"]), ""),
+            (f"{rfid_name} post-GAN", _number(rfid), "0 = identical"),
+            (f"linear probe top-1 ({probe['features']})", _number(probe["top1"], True),
+             f"chance {_number(probe['chance'], True)}, supervised CNN {_number(probe['supervised_cnn_top1'], True)}"),
+            ("zero-shot top-1", _number(und["zero_shot"].get("top1"), True), f"chance {_number(probe['chance'], True)}"),
+            (f"{gfid_name} ({cfg})", _number(gfid), ""),
+            (f"gen_class_acc ({cfg})", _number(guided["gen_class_acc"], True),
+             f"chance {_number(guided['chance'], True)}, reconstructions "
+             f"{_number(rec['post_gan'].get('class_acc_ref'), True)}")]
+    widths = [max(len(row[i]) for row in rows) for i in range(2)]
+    return "\n".join(f"{a:<{widths[0]}}  {b:>{widths[1]}}  {c}".rstrip() for a, b, c in rows)
