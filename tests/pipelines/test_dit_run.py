@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from mlflow.tracking import MlflowClient
 
-from tests.pipelines.conftest import kedro
+from tests.pipelines.conftest import copy_project, kedro
 
 pytestmark = pytest.mark.slow
 
@@ -129,3 +129,16 @@ def test_a_foreign_labelled_folder_runs_through_extraction_dit_and_evaluation(di
     assert set(metrics["generation"]["guided"]["gen_class_acc_per_class"]) == set(classes)
     assert metrics["understanding"]["linear_probe"]["val_images"] == 12
     assert metrics["reconstruction"]["post_gan"]["images"] == 12
+
+
+def test_the_same_configuration_run_again_gives_identical_metrics_and_weights(
+        dit_project: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The whole chain from data generation in a second clone: metrics.json and the weights
+    files of every trained stage are byte-identical to the first run's (same CPU, same config)."""
+    project = copy_project(tmp_path_factory.mktemp("again") / "project")
+    for pipeline in ("data_generation", "data_filtering", "tokenizer_pretraining", "decoder_gan",
+                     "latent_extraction", "dit_training", "evaluation"):
+        kedro(project, "run", "--env", "ci", "--pipeline", pipeline)
+    for output in ("data/08_reporting/evaluation/metrics.json", "data/06_models/pretrained_tokenizer/tokenizer.safetensors",
+                   "data/06_models/gan_tokenizer/tokenizer.safetensors", "data/06_models/dit/model.safetensors"):
+        assert (project / output).read_bytes() == (dit_project / output).read_bytes(), output

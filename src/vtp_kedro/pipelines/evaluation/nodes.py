@@ -93,14 +93,21 @@ class EvaluationParams(Config):
     generation: GenerationParams = GenerationParams()
 
 
+def _in_project(path: str | Path) -> Path:
+    """A path inside the project relative to it (Kedro runs in the project folder), so that the
+    protocols in metrics.json are the same in every clone; a path elsewhere stays as it is."""
+    path = Path(path)
+    return path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
+
+
 def _root(raw_labelled_images: Path, params: EvaluationParams) -> Path:
-    return Path(params.image_root or raw_labelled_images)
+    return _in_project(params.image_root or raw_labelled_images)
 
 
 def _spaces(reference_classifier: Path, params: EvaluationParams) -> list[FeatureSpace]:
     """The configured feature spaces; a missing Inception weight file fails here, naming it."""
-    return [inception_space(params.weights_dir) if name == "inception" else reference_space(reference_classifier)
-            for name in params.feature_spaces]
+    return [inception_space(params.weights_dir) if name == "inception"
+            else reference_space(_in_project(reference_classifier)) for name in params.feature_spaces]
 
 
 def _load_split(root: Path, split: str, size: int, params: EvaluationParams, per_class: int | None) -> LabelledSplit:
