@@ -51,7 +51,13 @@ class ProjectMlflowHook(MlflowHook):
        into typed config objects (kedro-mlflow only flattens plain dicts).
     3. The run is tagged with the git commit, whether the tree was dirty, the Kedro
        environment and the pipeline name.
+    4. At the end it records what the run read and wrote: ``resolved_config.json`` (every
+       pipeline's parameters as validated, defaults filled in) and ``data_digests.json`` (the
+       sha256 of every file or folder input and output, DVC's own ``outs`` among them), each
+       digest also a tag ``sha256.<dataset>``, so a number can be traced to exact bytes.
     """
+
+    _resolved: dict[str, Any]
 
     @hook_impl
     def after_context_created(self, context: KedroContext) -> None:
@@ -60,6 +66,7 @@ class ProjectMlflowHook(MlflowHook):
             os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{db}"
         self._project_path = Path(context.project_path)
         self._env = context.env
+        self._resolved = {}
         super().after_context_created(context)
 
     @hook_impl
@@ -85,7 +92,51 @@ class ProjectMlflowHook(MlflowHook):
             name: value.model_dump(mode="json") if isinstance(value, BaseModel) else value
             for name, value in inputs.items()
         }
+        self._resolved.update({name.removeprefix("params:"): value for name, value in inputs.items()
+                               if name.startswith("params:")})
         super().before_node_run(node, catalog, inputs, is_async)
+
+    @hook_impl
+    def after_pipeline_run(self, run_params: dict[str, Any], pipeline: Pipeline, catalog: CatalogProtocol) -> None:
+        if self._is_mlflow_enabled:
+            digests = data_digests(pipeline, catalog, self._project_path)
+            mlflow.log_dict(self._resolved, "resolved_config.json")
+            mlflow.log_dict(digests, "data_digests.json")
+            mlflow.set_tags({f"sha256.{name}": entry["sha256"]
+                             for side in digests.values() for name, entry in side.items()})
+        super().after_pipeline_run(run_params, pipeline, catalog)
+
+
+def dataset_path(catalog: CatalogProtocol, name: str) -> Path | None:
+    """Where a catalog entry lives on disk (also inside an MLflow artifact wrapper); None for
+    parameters and in-memory or metric-only datasets."""
+    if name.startswith("params:") or name not in catalog:
+        return None
+    described = catalog.get(name)._describe()
+    nested = described.get("dataset") if isinstance(described.get("dataset"), dict) else {}
+    path = described.get("filepath") or described.get("path") or nested.get("filepath") or nested.get("path")
+    return None if path is None else Path(path)
+
+
+def data_digests(pipeline: Pipeline, catalog: CatalogProtocol, project: Path) -> dict[str, dict[str, Any]]:
+    """``{"inputs"|"outputs": {dataset: {"path", "sha256"}}}`` for the datasets kept on disk as files
+    or folders (parameters, memory and MLflow metric datasets have no path and are skipped)."""
+    from vtp_kedro.vtp.io import DigestCache, folder_digest
+
+    cache = DigestCache(project / "data" / ".digest_cache.json")
+    sides = {"inputs": sorted(pipeline.inputs()), "outputs": sorted(pipeline.all_outputs())}
+    digests: dict[str, dict[str, Any]] = {side: {} for side in sides}
+    for side, names in sides.items():
+        for name in names:
+            path = dataset_path(catalog, name)
+            if path is None or not path.exists():
+                continue
+            try:
+                digests[side][name] = {"path": os.path.relpath(path, project), "sha256": folder_digest(path, cache)}
+            except ValueError:  # an empty folder has no content to digest
+                continue
+    cache.save()
+    return digests
 
 
 def project_pipelines() -> dict[str, Pipeline]:
@@ -103,8 +154,7 @@ class MissingInputError(FileNotFoundError):
 
 
 def missing_input_message(dataset: str, catalog: CatalogProtocol) -> str:
-    described = catalog.get(dataset)._describe() if dataset in catalog else {}
-    path = described.get("filepath") or described.get("path")
+    path = dataset_path(catalog, dataset)
     made_by = [name for name, made in project_pipelines().items() if dataset in made.all_outputs()]
     hint = f"run `kedro run --pipeline {made_by[0]}` first" if made_by else "no pipeline makes it: put it there"
     where = f" ({path})" if path is not None else ""
@@ -150,11 +200,8 @@ class HeadlineHook:
 
     @hook_impl
     def after_pipeline_run(self, run_params: dict[str, Any], pipeline: Pipeline, catalog: CatalogProtocol) -> None:
-        if "evaluation_metrics" not in pipeline.all_outputs():
+        if "evaluation_headline" not in pipeline.all_outputs():
             return
-        from vtp_kedro.vtp.metrics.report import headline_table
-
-        report = catalog.get("evaluation_summary")._describe()
-        where = report.get("filepath") or report.get("dataset", {}).get("filepath")
-        print(f"\nEvaluation report: {os.path.relpath(where)} (metrics.json and the plots beside it)\n"
-              f"{headline_table(catalog.load('evaluation_metrics'))}\n", flush=True)
+        report = os.path.relpath(dataset_path(catalog, "evaluation_summary"))
+        print(f"\nEvaluation report: {report} (metrics.json and the plots beside it)\n"
+              f"{catalog.load('evaluation_headline')}\n", flush=True)

@@ -12,6 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.pipelines.conftest import kedro
+from vtp_kedro.vtp.io import folder_digest
 
 pytestmark = pytest.mark.slow
 
@@ -63,6 +64,13 @@ def test_mlflow_run_records_params_tags_metrics_artifacts(filtered_project: Path
         "data_filtering/resolution_histogram.png",
         "data_filtering/caption_length_histogram.png",
     } <= artifacts
+    # What the run read and wrote, by content: the resolved parameters and the data's sha256.
+    resolved = json.loads(Path(client.download_artifacts(run.info.run_id, "resolved_config.json")).read_text())
+    assert resolved["data_filtering"]["rules"]["min_side"] == 32
+    digests = json.loads(Path(client.download_artifacts(run.info.run_id, "data_digests.json")).read_text())
+    assert digests["inputs"]["raw_captioned_shards"]["path"] == "data/01_raw/captioned_shards"
+    assert digests["outputs"]["filtered_shards"]["sha256"] == run.data.tags["sha256.filtered_shards"]
+    assert digests["outputs"]["filtered_shards"]["sha256"] == folder_digest(filtered_project / "data/03_primary/filtered_shards")
 
 
 def test_input_shards_parameter_reads_other_shards(filtered_project: Path, tmp_path: Path) -> None:

@@ -10,9 +10,8 @@ import pytest
 
 from tests.vtp.test_train_trainer import trainer_config
 from vtp_kedro.vtp.config import Config
+from vtp_kedro.vtp.io import DigestCache, folder_digest
 from vtp_kedro.vtp.train.runs import (
-    DigestCache,
-    folder_digest,
     resolved_run_config,
     run_fingerprint,
     shards_digest,

@@ -37,7 +37,7 @@ from vtp_kedro.vtp.metrics.reference import (
     train_reference_classifier,
     write_reference_classifier,
 )
-from vtp_kedro.vtp.metrics.report import PAPER_REFERENCE, flat_metrics, summary_markdown
+from vtp_kedro.vtp.metrics.report import PAPER_REFERENCE, flat_metrics, headline_table, summary_markdown
 from vtp_kedro.vtp.metrics.understanding import (
     DINOV2_LEARNING_RATES,
     ProbeFeatures,
@@ -273,8 +273,9 @@ def evaluate_generation(dit_samples: Path, dit_samples_unguided: Path, raw_label
 def report_evaluation(reconstruction: dict[str, Any], understanding: dict[str, Any], generation: dict[str, Any],
                       reference_classifier: Path, tokenizer_training_log: list[dict[str, Any]],
                       decoder_gan_training_log: list[dict[str, Any]], dit_training_log: list[dict[str, Any]],
-                      ) -> tuple[dict[str, Any], dict[str, Any], str, Figure]:
-    """metrics.json (nested by family), the MLflow metrics, the Markdown summary and every stage's losses."""
+                      ) -> tuple[dict[str, Any], dict[str, Any], str, str, Figure]:
+    """metrics.json (nested by family), the MLflow metrics, the Markdown summary, the plain-text
+    headline table (which the run prints at its end) and every stage's losses."""
     classifier = read_reference_record(reference_classifier)
     metrics = {"reconstruction": reconstruction, "understanding": understanding,
                "generation": {**generation, "reference_classifier": {
@@ -285,4 +286,4 @@ def report_evaluation(reconstruction: dict[str, Any], understanding: dict[str, A
         "decoder GAN": (decoder_gan_training_log, ("loss", "rec", "g_adv", "d_loss")),
         "LightningDiT": (dit_training_log, ("loss", "mse", "cosine")),
     }, title="every stage's training losses")
-    return metrics, flat_metrics(metrics), summary_markdown(metrics, PAPER_REFERENCE), curves
+    return metrics, flat_metrics(metrics), summary_markdown(metrics, PAPER_REFERENCE), headline_table(metrics), curves

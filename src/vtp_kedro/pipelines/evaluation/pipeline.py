@@ -45,7 +45,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                         "reference_classifier", "tokenizer_training_log", "decoder_gan_training_log",
                         "dit_training_log"],
                 outputs=["evaluation_metrics", "evaluation_mlflow_metrics", "evaluation_summary",
-                         "evaluation_training_curves"],
+                         "evaluation_headline", "evaluation_training_curves"],
                 name="report_evaluation",
             ),
         ]

@@ -16,7 +16,7 @@ from vtp_kedro.vtp.jobs.extract_latents import JOB as EXTRACTION
 from vtp_kedro.vtp.jobs.extract_latents import ExtractionJobConfig
 from vtp_kedro.vtp.train.distributed import DeviceKind
 from vtp_kedro.vtp.train.launcher import LauncherConfig, job_folder, launch_job
-from vtp_kedro.vtp.train.runs import folder_digest
+from vtp_kedro.vtp.io import folder_digest
 
 
 class ExtractionParams(LatentExtractionConfig):

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from vtp_kedro.vtp.config import Config
-from vtp_kedro.vtp.io import atomic_path
+from vtp_kedro.vtp.io import DigestCache, folder_digest
 from vtp_kedro.vtp.train.checkpoint import load_checkpoint
 from vtp_kedro.vtp.train.curves import read_metrics_log
 from vtp_kedro.vtp.train.launcher import LauncherConfig, launch
@@ -65,60 +65,6 @@ def run_fingerprint(resolved: Mapping[str, Any], inputs: Mapping[str, str]) -> s
 
 
 # --- content digests --------------------------------------------------------------------------
-class DigestCache:
-    """sha256 of local files, remembered by (path, size, mtime) so a rerun does not reread the data.
-
-    Only a shortcut: a file whose size or mtime changed is hashed again, and regenerated
-    byte-identical files hash to the same digest.
-    """
-
-    def __init__(self, path: str | Path | None = None) -> None:
-        self.path = None if path is None else Path(path)
-        self.entries: dict[str, list] = {}
-        if self.path is not None and self.path.is_file():
-            try:
-                self.entries = json.loads(self.path.read_text())
-            except json.JSONDecodeError:
-                self.entries = {}
-        self._dirty = False
-
-    def file(self, path: str | Path) -> str:
-        path = Path(path).resolve()
-        stat = path.stat()
-        key, stamp = str(path), [stat.st_size, stat.st_mtime_ns]
-        cached = self.entries.get(key)
-        if cached is not None and cached[:2] == stamp:
-            return cached[2]
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        self.entries[key] = [*stamp, digest.hexdigest()]
-        self._dirty = True
-        return digest.hexdigest()
-
-    def save(self) -> None:
-        if self.path is not None and self._dirty:
-            with atomic_path(self.path) as tmp:
-                tmp.write_text(json.dumps(self.entries, sort_keys=True))
-            self._dirty = False
-
-
-def folder_digest(folder: str | Path, cache: DigestCache | None = None) -> str:
-    """sha256 over a folder's files (relative names and contents; hidden files skipped), or one file's."""
-    folder, cache = Path(folder), cache or DigestCache()
-    if folder.is_file():
-        return cache.file(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"input {folder} does not exist")
-    files = sorted(p for p in folder.rglob("*") if p.is_file()
-                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
-    if not files:
-        raise ValueError(f"input folder {folder} holds no files")
-    listing = [(str(p.relative_to(folder)), cache.file(p)) for p in files]
-    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
-
-
 def _manifest_digests(folder: Path) -> dict[str, str]:
     manifest = folder / SHARD_MANIFEST
     if not manifest.is_file():
