@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from mlflow.tracking import MlflowClient
 
-from tests.pipelines.conftest import copy_project, kedro
+from tests.pipelines.conftest import REPO, copy_project, kedro, project_env
 
 pytestmark = pytest.mark.slow
 
@@ -142,3 +142,21 @@ def test_the_same_configuration_run_again_gives_identical_metrics_and_weights(
     for output in ("data/08_reporting/evaluation/metrics.json", "data/06_models/pretrained_tokenizer/tokenizer.safetensors",
                    "data/06_models/gan_tokenizer/tokenizer.safetensors", "data/06_models/dit/model.safetensors"):
         assert (project / output).read_bytes() == (dit_project / output).read_bytes(), output
+
+
+def test_the_example_notebook_runs_on_a_finished_ci_run(dit_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    nbformat = pytest.importorskip("nbformat")
+    from nbclient import NotebookClient
+
+    notebooks = dit_project / "notebooks"
+    notebooks.mkdir(exist_ok=True)
+    shutil.copy2(REPO / "notebooks/vtp_run.ipynb", notebooks)
+    notebook = nbformat.read(notebooks / "vtp_run.ipynb", as_version=4)
+    for name, value in project_env(KEDRO_ENV="ci").items():
+        monkeypatch.setenv(name, value)
+    NotebookClient(notebook, timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": str(notebooks)}}).execute()
+    outputs = [output for cell in notebook.cells for output in cell.get("outputs", [])]
+    text = "".join(output.get("text", "") for output in outputs if output.get("output_type") == "stream")
+    assert "linear probe top-1" in text and "no scaling study" in text
+    assert sum("image/png" in output.get("data", {}) for output in outputs) == 3  # reconstructions, latents, samples
