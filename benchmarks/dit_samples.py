@@ -31,6 +31,7 @@ import torch
 from vtp_kedro.vtp.data.embedded_task import LabelledSplit, cnn_accuracy, load_labelled_split, train_cnn
 from vtp_kedro.vtp.inference import Tokenizer, load_tokenizer
 from vtp_kedro.vtp.jobs.sample_dit import read_samples
+from summary import record  # benchmarks/summary.py: the row run_all.py gathers
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,15 +75,17 @@ def main() -> None:
 
     chance = 1 / len(train.classes)
     stderr = math.sqrt(chance * (1 - chance) / len(samples.labels))
+    on_samples = cnn_accuracy(judge.model, samples)
     print(f"{len(samples.labels)} samples of {len(train.classes)} classes ({args.samples}); sampler "
           f"{json.dumps(record['sampler'])}; DiT step {record.get('dit_step')}")
     print(f"classifiers trained in {seconds:.0f} s ({args.epochs} epochs each)\n")
     print(f"{'measure':<58}{'top-1':>8}")
     print(f"{'chance (1/K); std. error at chance for these N':<58}{chance:>8.3f}  +- {stderr:.3f}")
     print(f"{'(a) judge on val reconstructions (the ceiling)':<58}{judge.val_top1:>8.3f}")
-    print(f"{'(b) judge on the samples (their intended class)':<58}{cnn_accuracy(judge.model, samples):>8.3f}")
+    print(f"{'(b) judge on the samples (their intended class)':<58}{on_samples:>8.3f}")
     print(f"{'(c) CNN on raw images: val':<58}{raw.val_top1:>8.3f}")
     print(f"{'(c) CNN on raw images: samples':<58}{cnn_accuracy(raw.model, samples):>8.3f}")
+    record("dit_training", "samples' class top-1 (judge) vs chance + 3 s.e.", on_samples, chance + 3 * stderr, True)
     print("\nper class, (b):")
     for name, top1 in zip(train.classes, per_class_top1(judge.model, samples), strict=True):
         print(f"  {name:<12}{top1:>8.3f}")
