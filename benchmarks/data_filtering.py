@@ -15,7 +15,7 @@ from pathlib import Path
 
 from vtp_kedro.vtp.data.filters import FilterRules, filter_shards
 from vtp_kedro.vtp.data.synthetic import SyntheticConfig, write_captioned_shards
-from summary import record  # benchmarks/summary.py: the row run_all.py gathers
+from summary import record_target  # benchmarks/summary.py: the row run_all.py gathers
 
 
 def main() -> None:
@@ -44,7 +44,7 @@ def main() -> None:
         print(f"{workers:>7} {total:>8} {seconds:>8.2f} {rate:>10.1f} {kept:>7}")
     rates = {workers: rate for workers, _, _, rate, _ in rows}
     if 1 in rates and 2 in rates:
-        record("data_filtering", "2 workers / 1 worker (samples/s)", rates[2] / rates[1], 1.6, True)
+        record_target("data_filtering", "2 workers / 1 worker (samples/s)", rates[2] / rates[1], 1.6, True)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from vtp_kedro.vtp.models.tokenizer import TokenizerConfig
 from vtp_kedro.vtp.train.decoder_gan import DecoderGANTask, DecoderGANTaskConfig, build_task
 from vtp_kedro.vtp.train.optim import OptimizerConfig
 from vtp_kedro.vtp.train.trainer import METRICS_LOG, Trainer, TrainerConfig
-from summary import record  # benchmarks/summary.py: the row run_all.py gathers
+from summary import record_target  # benchmarks/summary.py: the row run_all.py gathers
 
 CONF = Path(__file__).resolve().parents[1] / "conf/base"
 
@@ -134,8 +134,8 @@ def main() -> None:
     print(f"{'':48s} {'s/step':>8s} {'images/s':>9s} {'vs (b)':>7s}")
     for label, seconds in rows:
         print(f"{label:48s} {seconds:8.3f} {batch / seconds:9.1f} {seconds / rows[1][1]:7.2f}")
-    record("decoder_gan", "taming step / ours (s/step)", rows[0][1] / rows[1][1], 1.0, True)
-    record("decoder_gan", "trainer step / bare step", rows[2][1] / rows[1][1], 1.10, False)
+    record_target("decoder_gan", "taming step / ours (s/step)", rows[0][1] / rows[1][1], 1.0, True)
+    record_target("decoder_gan", "trainer step / bare step", rows[2][1] / rows[1][1], 1.10, False)
 
 
 if __name__ == "__main__":

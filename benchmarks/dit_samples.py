@@ -31,7 +31,7 @@ import torch
 from vtp_kedro.vtp.data.embedded_task import LabelledSplit, cnn_accuracy, load_labelled_split, train_cnn
 from vtp_kedro.vtp.inference import Tokenizer, load_tokenizer
 from vtp_kedro.vtp.jobs.sample_dit import read_samples
-from summary import record  # benchmarks/summary.py: the row run_all.py gathers
+from summary import record_target  # benchmarks/summary.py: the row run_all.py gathers
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,7 +85,7 @@ def main() -> None:
     print(f"{'(b) judge on the samples (their intended class)':<58}{on_samples:>8.3f}")
     print(f"{'(c) CNN on raw images: val':<58}{raw.val_top1:>8.3f}")
     print(f"{'(c) CNN on raw images: samples':<58}{cnn_accuracy(raw.model, samples):>8.3f}")
-    record("dit_training", "samples' class top-1 (judge) vs chance + 3 s.e.", on_samples, chance + 3 * stderr, True)
+    record_target("dit_training", "samples' class top-1 (judge) vs chance + 3 s.e.", on_samples, chance + 3 * stderr, True)
     print("\nper class, (b):")
     for name, top1 in zip(train.classes, per_class_top1(judge.model, samples), strict=True):
         print(f"  {name:<12}{top1:>8.3f}")

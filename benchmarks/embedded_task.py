@@ -39,7 +39,7 @@ from vtp_kedro.vtp.data.synthetic import SyntheticConfig, write_labelled_folder
 from vtp_kedro.vtp.data.preprocess import normalize
 from vtp_kedro.vtp.inference import Tokenizer, load_tokenizer
 from vtp_kedro.vtp.metrics.understanding import knn_accuracy, linear_probe
-from summary import record  # benchmarks/summary.py: the row run_all.py gathers
+from summary import record_target  # benchmarks/summary.py: the row run_all.py gathers
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_PARAMS = ROOT / "conf/base/parameters_data_generation.yml"
@@ -139,9 +139,9 @@ def main() -> None:
 
     for name, _, val_top1, *_ in rows:
         if name == "linear" and not args.skip_pixels:
-            record("embedded_task", "linear probe on raw pixels (val top-1)", val_top1, 0.35, False)
+            record_target("embedded_task", "linear probe on raw pixels (val top-1)", val_top1, 0.35, False)
         if name == "small CNN (supervised)":
-            record("embedded_task", "supervised CNN (val top-1)", val_top1, 0.90, True)
+            record_target("embedded_task", "supervised CNN (val top-1)", val_top1, 0.90, True)
     width = max(len(r[0]) for r in rows)
     fwidth = max(len(r[1]) for r in rows)
     print(f"\n{'classifier':<{width}}  {'features':<{fwidth}}  {'val top-1':>9}  {'train':>6}  {'seconds':>7}  notes")

@@ -63,7 +63,7 @@ from vtp_kedro.vtp.models.dit import DIT_PRESETS
 from vtp_kedro.vtp.models.tokenizer import TokenizerConfig
 from vtp_kedro.vtp.train.dit_training import DiTTask, build_task
 from vtp_kedro.vtp.train.optim import OptimizerConfig, build_adamw
-from summary import record  # benchmarks/summary.py: the row run_all.py gathers
+from summary import record_target  # benchmarks/summary.py: the row run_all.py gathers
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_PARAMS = ROOT / "conf/base/parameters_data_generation.yml"
@@ -228,7 +228,7 @@ def main() -> None:
     print(f"{'(b) bare encode loop, as is + flipped':<52}{bare:>10.2f}{images / bare:>12.1f}")
     print(f"{'(b1) bare encode loop, as is only':<52}{once:>10.2f}{images / once:>12.1f}")
     print(f"(a)/(b) = {bare / encoding:.2f}x  (target >= 0.9x; (b) encodes the flipped copy too, as (a) does)")
-    record("latent_extraction", "pipeline / bare encode loop (images/s)", bare / encoding, 0.9, True)
+    record_target("latent_extraction", "pipeline / bare encode loop (images/s)", bare / encoding, 0.9, True)
     print()
     consumed = 1.0 / dit
     print(f"latent stream at batch {stream.config.batch_size} ({stream.steps_per_epoch()} batches/epoch) vs a bare "
@@ -238,7 +238,7 @@ def main() -> None:
     print(f"{'(c) LatentDataStream':<52}{1e3 / stream_rate:>10.3f}{stream_rate:>12.1f}")
     print(f"{'(d) DiT training step consumes':<52}{1e3 * dit:>10.1f}{consumed:>12.2f}")
     print(f"stream / consumption = {stream_rate / consumed:.0f}x")
-    record("dit_training", "latent stream / DiT step consumption", stream_rate / consumed, 3.0, True)
+    record_target("dit_training", "latent stream / DiT step consumption", stream_rate / consumed, 3.0, True)
 
 
 if __name__ == "__main__":

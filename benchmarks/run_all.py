@@ -3,7 +3,7 @@
     python benchmarks/run_all.py [--only tokenizer_step latent_extraction ...] [--quick]
 
 Runs each benchmark script in its own process (its full output goes to the console as it
-runs), gathers the rows they ``record`` (``benchmarks/summary.py``) and prints them together;
+runs), gathers the rows they ``record_target`` (``benchmarks/summary.py``) and prints them together;
 a ratio >= 1 means the target is met. ``dit_samples`` judges the samples of a finished run, so
 it needs ``make run`` first and is skipped without them. ``--quick`` passes each benchmark its
 smallest settings (a smoke test of the table, not numbers to quote). Asserts nothing.

@@ -1,6 +1,6 @@
 """The targets the benchmarks measure against, gathered into one table by ``run_all.py``.
 
-A benchmark calls ``record(stage, measure, measured, target, higher_is_better)`` for each of
+A benchmark calls ``record_target(stage, measure, measured, target, higher_is_better)`` for each of
 its targets; when ``run_all.py`` runs it (``VTP_BENCHMARK_SUMMARY`` names a file), the row is
 appended there as one JSON line. ``ratio`` is measured / target when higher is better and
 target / measured otherwise, so a ratio >= 1 always means the target is met.
@@ -14,7 +14,7 @@ import os
 SUMMARY_ENV = "VTP_BENCHMARK_SUMMARY"
 
 
-def record(stage: str, measure: str, measured: float, target: float, higher_is_better: bool) -> None:
+def record_target(stage: str, measure: str, measured: float, target: float, higher_is_better: bool) -> None:
     path = os.environ.get(SUMMARY_ENV)
     if not path:
         return

@@ -31,7 +31,7 @@ from vtp_kedro.vtp.train.flops import training_step_flops
 from vtp_kedro.vtp.train.optim import build_adamw
 from vtp_kedro.vtp.train.tokenizer_pretraining import VTPTask
 from vtp_kedro.vtp.train.trainer import METRICS_LOG, Trainer, TrainerConfig
-from summary import record  # benchmarks/summary.py: the row run_all.py gathers
+from summary import record_target  # benchmarks/summary.py: the row run_all.py gathers
 
 BASE = Path(__file__).resolve().parents[1] / "conf/base/parameters_tokenizer_pretraining.yml"
 
@@ -124,8 +124,8 @@ def main() -> None:
     print(f"{'(c) data loader alone':<28}{'':>10}{loader:>12.1f}{'':>10}")
     print(f"(b)/(a) = {full / bare:.3f}  (target <= 1.10)")
     print(f"loader / consumption = {loader / consumed:.1f}x  (target >= 3x, {data.num_workers} workers)")
-    record("tokenizer_pretraining", "trainer step / bare step", full / bare, 1.10, False)
-    record("tokenizer_pretraining", "loader / step consumption", loader / consumed, 3.0, True)
+    record_target("tokenizer_pretraining", "trainer step / bare step", full / bare, 1.10, False)
+    record_target("tokenizer_pretraining", "loader / step consumption", loader / consumed, 3.0, True)
 
 
 if __name__ == "__main__":
