@@ -41,6 +41,20 @@ def test_dvc_repro_runs_stages_once_and_push_pull_restore_data(project: Path, tm
     second = run(project, dvc, "repro")
     assert "Running stage" not in second
 
+    # One value of parameters_dit_training.yml: DiT training (with its sampling) and evaluation
+    # rerun, nothing upstream does.
+    params = project / "conf/base/parameters_dit_training.yml"
+    text = params.read_text()
+    assert text.count("    seed: 0\n") == 1  # the sampler's seed
+    params.write_text(text.replace("    seed: 0\n", "    seed: 1\n"))
+    third = run(project, dvc, "repro")
+    rerun = {stage for stage in ("data_generation", "data_filtering", "tokenizer_pretraining", "decoder_gan",
+                                 "latent_extraction", "dit_training", "evaluation")
+             if f"Running stage '{stage}'" in third}
+    assert rerun == {"dit_training", "evaluation"}
+    params.write_text(text)
+    run(project, dvc, "repro")
+
     metrics = run(project, dvc, "metrics", "show")
     assert "kept" in metrics and "linear_probe.top1" in metrics
 
