@@ -119,3 +119,20 @@ def test_layer_decay_is_refused_where_a_task_has_no_vit_trunk():
     model = nn.Linear(2, 2)
     with pytest.raises(ValueError, match="no ViT trunk"):
         build_adamw(model.named_parameters(), OptimizerConfig(layer_decay=0.9))
+
+
+def test_the_ssl_heads_take_their_own_learning_rate_factor():
+    from tests.vtp.test_vtp_model import small_config
+    from vtp_kedro.vtp.models.vtp import VTPModel
+    from vtp_kedro.vtp.train.tokenizer_pretraining import VTPTask
+
+    torch.manual_seed(0)
+    config = small_config("vtp", ibot_separate_head=True)
+    config = config.model_copy(update={"dino_head": config.dino_head.model_copy(update={"lr_mult": 0.1})})
+    task = VTPTask(VTPModel(config), 32)
+    scale = {name: group["lr_scale"] for group in task.configure_optimizer(OptimizerConfig()).param_groups
+             for name in group["param_names"]}
+    heads = {name for name in scale if name.startswith(("dino_head.", "ibot_head."))}
+    assert heads and any(n.startswith("ibot_head.") for n in heads)
+    assert all(scale[name] == pytest.approx(0.1) for name in heads)
+    assert {scale[name] for name in scale.keys() - heads} == {1.0}

@@ -49,6 +49,7 @@ class DINOHeadConfig(Config):
     hidden_dim: int = Field(2048, gt=0)
     bottleneck_dim: int = Field(256, gt=0)
     freeze_last_layer_steps: int = Field(0, ge=0, description="steps the prototypes stay frozen (DINOv2: one epoch)")
+    lr_mult: float = Field(1.0, gt=0, description="the DINO (and iBOT) heads' learning rate over the base rate")
 
 
 class ObjectiveDropPath(Config):

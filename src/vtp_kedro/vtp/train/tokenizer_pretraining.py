@@ -58,10 +58,13 @@ class VTPTask(TrainTask):
         return self.model.named_trainable_parameters()
 
     def lr_scales(self, config: OptimizerConfig) -> dict[str, float]:
-        """DINOv2's layer-wise decay and patch-embedding factor over the tokenizer's encoder."""
+        """DINOv2's layer-wise decay and patch-embedding factor over the tokenizer's encoder, and
+        the SSL heads' own factor (``dino_head.lr_mult``)."""
         names = [name for name, _ in self.named_trainable_parameters()]
-        return vit_lr_scales(names, "tokenizer.encoder.", self.model.config.tokenizer.encoder.depth,
-                             config.layer_decay, config.patch_embed_lr_mult)
+        scales = vit_lr_scales(names, "tokenizer.encoder.", self.model.config.tokenizer.encoder.depth,
+                               config.layer_decay, config.patch_embed_lr_mult)
+        head_mult = self.model.config.dino_head.lr_mult
+        return scales | {name: head_mult for name in names if name.startswith(("dino_head.", "ibot_head."))}
 
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
         self.model.update_teacher(step, total_steps)
