@@ -1,4 +1,6 @@
-"""Project hooks: every ``kedro run`` is one MLflow run that says exactly what ran."""
+"""Project hooks: every ``kedro run`` is one MLflow run that says exactly what ran and on which bytes;
+a pipeline run alone names the pipeline that makes a missing input; a run that evaluates ends
+with its headline numbers."""
 
 from __future__ import annotations
 
