@@ -19,7 +19,7 @@ from vtp_kedro.vtp.config import Config
 from vtp_kedro.vtp.data.loader import PretrainDataConfig
 from vtp_kedro.vtp.data.shards import expand_urls
 from vtp_kedro.vtp.inference import tokenizer_state, write_tokenizer_files
-from vtp_kedro.vtp.metrics.online_probe import OnlineProbeConfig
+from vtp_kedro.vtp.metrics.online_probe import PROBE_PREFIX, OnlineProbeConfig
 from vtp_kedro.vtp.models.vtp import VTPConfig
 from vtp_kedro.vtp.train.curves import plot_curves
 from vtp_kedro.vtp.train.launcher import LauncherConfig
@@ -53,10 +53,11 @@ class TokenizerPretrainingParams(Config):
 
 def pretrain_tokenizer(
     filtered_shards: Path, raw_labelled_images: Path, params: TokenizerPretrainingParams,
-) -> tuple[dict[str, Any], list[dict[str, Any]], FolderWriter]:
+) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]], FolderWriter]:
     """Train the tokenizer; returns the final checkpoint (with its resolved config and metrics
-    log), the metrics log alone (for the plot, without reloading every weight) and the writer
-    of the slim inference folder that downstream stages and users open with ``load_tokenizer``."""
+    log), the training metrics and the online probe's (for the plots, without reloading every
+    weight) and the writer of the slim inference folder that downstream stages and users open
+    with ``load_tokenizer``."""
     data = PretrainDataConfig(**{**params.data.model_dump(), "shards": params.data.shards or str(filtered_shards)})
     probe = None
     if params.probe is not None:
@@ -69,9 +70,21 @@ def pretrain_tokenizer(
                      config=params.model.tokenizer, image_size=data.image_size,
                      provenance={"stage": "tokenizer_pretraining", "run": run.run_dir.name,
                                  "step": run.checkpoint["step"]})
-    return run.checkpoint, run.metrics, export
+    training_log, probe_log = split_probe_records(run.metrics)
+    return run.checkpoint, training_log, probe_log, export
 
 
-def plot_training_curves(tokenizer_training_log: list[dict[str, Any]]) -> Figure:
-    """Every logged loss term, the teacher entropy and KoLeo against steps (collapse shows here)."""
-    return plot_curves(tokenizer_training_log, title="VTP tokenizer pre-training")
+def split_probe_records(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The log without the online probe's keys, and ``{step, probe/...}`` for the steps it ran:
+    two tables with one set of columns each, which is what ``dvc plots`` reads."""
+    training = [{key: value for key, value in record.items() if not key.startswith(PROBE_PREFIX)} for record in records]
+    probe = [{"step": record["step"], **{key: value for key, value in record.items() if key.startswith(PROBE_PREFIX)}}
+             for record in records if any(key.startswith(PROBE_PREFIX) for key in record)]
+    return training, probe
+
+
+def plot_training_curves(tokenizer_training_log: list[dict[str, Any]],
+                         tokenizer_probe_log: list[dict[str, Any]]) -> Figure:
+    """Every logged loss term, the teacher entropy and KoLeo against steps (collapse shows here),
+    and the online probe."""
+    return plot_curves(tokenizer_training_log + tokenizer_probe_log, title="VTP tokenizer pre-training")

@@ -27,6 +27,10 @@ from vtp_kedro.vtp.metrics.understanding import ProbeFeatures, knn_accuracy, lin
 from vtp_kedro.vtp.models.tokenizer import VisualTokenizer
 
 
+# The trainer logs the probe under this prefix; the reports keep its records apart.
+PROBE_PREFIX = "probe/"
+
+
 class OnlineProbeConfig(Config):
     image_root: str = Field(description="a labelled folder (train/<class>/*, val/<class>/*)")
     features: ProbeFeatures = "bottleneck"
@@ -68,4 +72,4 @@ class OnlineProbe:
         (train_y, val_y) = self.train[1], self.val[1]
         knn = knn_accuracy(train_x, train_y, val_x, val_y, classes, k=cfg.knn_k, temperature=cfg.knn_temperature)
         linear = linear_probe(train_x, train_y, val_x, val_y, classes, epochs=cfg.linear_epochs)
-        return {"probe/knn_top1": knn, "probe/linear_top1": linear.top1}
+        return {f"{PROBE_PREFIX}knn_top1": knn, f"{PROBE_PREFIX}linear_top1": linear.top1}
