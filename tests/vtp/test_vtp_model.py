@@ -268,14 +268,20 @@ def texture_batch(generator: torch.Generator, count: int = 32) -> tuple[dict[str
 
 def teacher_entropy_gap(head_lr_mult: float, steps: int = 120) -> float:
     """log-K-scale gap between the batch-mean target's entropy and the per-row entropy after
-    ``steps`` of ssl_ae at lr 1e-3: 0 when the teacher says the same for every image."""
+    ``steps`` of ssl_ae at lr 1e-3 with ``dino_head.lr_mult`` applied as the trainer applies it:
+    0 when the teacher says the same for every image."""
+    from vtp_kedro.vtp.train.optim import OptimizerConfig
+    from vtp_kedro.vtp.train.tokenizer_pretraining import VTPTask
+
     torch.manual_seed(0)
-    config = small_config("ssl_ae", teacher_momentum=(0.996, 1.0)).model_copy(update={"ssl_fraction": 1.0})
-    model = VTPModel(config).train()
-    named = list(model.named_trainable_parameters())
-    heads = [p for n, p in named if n.startswith("dino_head.")]
-    optimizer = torch.optim.AdamW([{"params": [p for n, p in named if not n.startswith("dino_head.")]},
-                                   {"params": heads, "lr": 1e-3 * head_lr_mult}], lr=1e-3, weight_decay=0.04)
+    config = small_config("ssl_ae", teacher_momentum=(0.996, 1.0))
+    config = config.model_copy(update={"ssl_fraction": 1.0, "dino_head": config.dino_head.model_copy(
+        update={"lr_mult": head_lr_mult})})
+    task = VTPTask(VTPModel(config), 32)
+    model = task.model.train()
+    optimizer = task.configure_optimizer(OptimizerConfig(lr=1e-3, weight_decay=0.04))
+    for group in optimizer.param_groups:  # the trainer's rule: base rate x the group's scale
+        group["lr"] = 1e-3 * group["lr_scale"]
     generator, gaps = torch.Generator().manual_seed(0), []
     for step in range(steps):
         loss, metrics = model.training_step(texture_batch(generator)[0], step)
