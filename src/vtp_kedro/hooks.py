@@ -1,6 +1,6 @@
 """Project hooks: every ``kedro run`` is one MLflow run that says exactly what ran and on which bytes;
 a pipeline run alone names the pipeline that makes a missing input; a run that evaluates ends
-with its headline numbers."""
+with its headline numbers; the catalog's configuration is a dataset that nodes can read."""
 
 from __future__ import annotations
 
@@ -207,3 +207,20 @@ class HeadlineHook:
         report = os.path.relpath(dataset_path(catalog, "evaluation_summary"))
         print(f"\nEvaluation report: {report} (metrics.json and the plots beside it)\n"
               f"{catalog.load('evaluation_headline')}\n", flush=True)
+
+
+CATALOG_CONFIG = "catalog_config"
+
+
+class CatalogConfigHook:
+    """The catalog's configuration as the run resolved it (the environment's, absolute paths) becomes
+    the memory dataset ``catalog_config``.
+
+    The scaling study builds one catalog per grid point from the project's own dataset definitions,
+    moved into the point's folder. Kedro gives nodes no access to the catalog, and a node reading
+    ``conf/`` itself would not know the run's ``--env``: this is the one way in.
+    """
+
+    @hook_impl
+    def after_catalog_created(self, catalog: CatalogProtocol, conf_catalog: dict[str, Any]) -> None:
+        catalog[CATALOG_CONFIG] = conf_catalog

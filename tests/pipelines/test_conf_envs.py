@@ -16,6 +16,7 @@ from vtp_kedro.pipelines.decoder_gan.nodes import DecoderGANParams
 from vtp_kedro.pipelines.dit_training.nodes import DiTTrainingParams
 from vtp_kedro.pipelines.evaluation.nodes import EvaluationParams
 from vtp_kedro.pipelines.latent_extraction.nodes import LatentExtractionParams
+from vtp_kedro.pipelines.scaling_study.nodes import ScalingStudyParams
 from vtp_kedro.pipelines.tokenizer_pretraining.nodes import TokenizerPretrainingParams
 from vtp_kedro.settings import CONFIG_LOADER_ARGS
 
@@ -23,7 +24,7 @@ CONF = Path(__file__).resolve().parents[2] / "conf"
 PARAMS = {"data_generation": DataGenerationParams, "data_filtering": DataFilteringParams,
           "tokenizer_pretraining": TokenizerPretrainingParams, "decoder_gan": DecoderGANParams,
           "latent_extraction": LatentExtractionParams, "dit_training": DiTTrainingParams,
-          "evaluation": EvaluationParams}
+          "evaluation": EvaluationParams, "scaling_study": ScalingStudyParams}
 
 
 def parameters_of(env: str) -> dict:

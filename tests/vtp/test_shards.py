@@ -229,3 +229,23 @@ def test_unkeyed_and_duplicate_members_are_counted(tmp_path: Path) -> None:
 def test_errors_counter_is_optional(tmp_path: Path) -> None:
     (tmp_path / "bad.tar").write_bytes(b"junk" * 300)
     assert list(iter_shard_samples(str(tmp_path / "bad.tar"))) == []
+
+
+def test_shard_prefix_takes_the_fewest_shards_that_hold_the_samples(tmp_path: Path) -> None:
+    from vtp_kedro.vtp.data.shards import shard_prefix
+
+    urls = []
+    for index, count in enumerate((3, 4, 5)):
+        path = tmp_path / f"{index:05d}.tar"
+        write_shard(path, _samples(count, prefix=f"s{index}_"))
+        urls.append(str(path))
+    assert shard_prefix(urls, 1) == (urls[:1], 3)
+    assert shard_prefix(urls, 3) == (urls[:1], 3)
+    assert shard_prefix(urls, 4) == (urls[:2], 7)
+    assert shard_prefix(urls, 12) == (urls, 12)
+    with pytest.raises(ValueError, match="13 samples: the 3 shards hold only 12"):
+        shard_prefix(urls, 13)
+    # data_filtering's manifest beside the shards is trusted for the counts (no shard is read)
+    (tmp_path / "filter_report.json").write_text(
+        '{"shards": [{"name": "00000.tar", "samples": 10, "sha256": "x"}]}')
+    assert shard_prefix(urls, 10) == (urls[:1], 10)

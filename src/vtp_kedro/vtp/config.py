@@ -8,10 +8,36 @@ full dotted name, so a run fails when it starts, not an hour into it. Kedro vali
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 
 class Config(BaseModel):
     """Strict, immutable configuration: unknown keys are errors, values are validated."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+ConfigT = TypeVar("ConfigT", bound=Config)
+
+
+def merge_mappings(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` merged in: nested mappings key by key, any other value replaced."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = merge_mappings(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def with_overrides(config: ConfigT, overrides: Mapping[str, Any], name: str = "") -> ConfigT:
+    """A copy of ``config`` with ``overrides`` merged in and validated again (so a wrong key or value
+    fails here, naming ``name`` and the key)."""
+    try:
+        return type(config).model_validate(merge_mappings(config.model_dump(), overrides))
+    except ValidationError as exc:
+        raise ValueError(f"overrides of {name or type(config).__name__} are invalid: {exc}") from None

@@ -119,10 +119,22 @@ def fit_reference_classifier(gan_tokenizer: Path, raw_labelled_images: Path, par
     """The writer of the reference classifier: SmallCNN trained on the train split at the tokenizer's size.
 
     The first node of the pipeline, so a missing Inception weight file fails here, before any work."""
+    _require_inception_weights(params)  # before the tokenizer is read
+    size = params.reference_classifier.image_size or tokenizer_source(gan_tokenizer).image_size
+    return reference_classifier_writer(raw_labelled_images, params, size)
+
+
+def _require_inception_weights(params: EvaluationParams) -> None:
     if "inception" in params.feature_spaces:
         inception_space(params.weights_dir)
+
+
+def reference_classifier_writer(raw_labelled_images: Path, params: EvaluationParams, image_size: int) -> FolderWriter:
+    """The reference classifier's writer, training at ``reference_classifier.image_size`` or else
+    ``image_size``; a missing Inception weight file fails here."""
+    _require_inception_weights(params)
     settings, root = params.reference_classifier, _root(raw_labelled_images, params)
-    size = settings.image_size or tokenizer_source(gan_tokenizer).image_size
+    size = settings.image_size or image_size
 
     def write(folder: Path) -> None:
         train = _load_split(root, "train", size, params, settings.train_per_class)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import io
+import json
 import logging
 import re
 import tarfile
@@ -94,6 +95,7 @@ def write_shards(
     return infos
 
 
+SHARD_MANIFEST = "filter_report.json"  # data_filtering's output lists each shard's samples and sha256
 _GLOB_CHARS = re.compile(r"[*?\[]")
 SHARD_ERROR_REASONS = ("unreadable_shard", "empty_shard", "truncated_shard", "corrupt_shard",
                        "unkeyed_member", "duplicate_member")
@@ -119,6 +121,31 @@ def expand_urls(pattern: str | Sequence[str]) -> list[str]:
                 raise FileNotFoundError(f"shard pattern {entry!r} matches no shard{detail}")
             urls.extend(found)
     return urls
+
+
+def shard_prefix(urls: Sequence[str], samples: int) -> tuple[list[str], int]:
+    """The shortest prefix of ``urls`` that holds at least ``samples`` samples, and how many it holds.
+
+    A data-size axis at shard granularity, as web-scale subsets are made (img2dataset shards of
+    10k): counts come from data_filtering's manifest beside the shards where there is one, else
+    by reading the shard. Fails when all the shards hold fewer than ``samples``.
+    """
+    manifests: dict[str, dict[str, int]] = {}
+    prefix, held = [], 0
+    for url in urls:
+        if held >= samples:
+            break
+        folder, name = url.rsplit("/", 1) if "/" in url else (".", url)
+        if folder not in manifests:
+            manifest = Path(folder) / SHARD_MANIFEST
+            entries = json.loads(manifest.read_text()).get("shards", []) if manifest.is_file() else []
+            manifests[folder] = {entry["name"]: int(entry["samples"]) for entry in entries}
+        count = manifests[folder].get(name)
+        held += count if count is not None else sum(1 for _ in iter_shard_samples(url))
+        prefix.append(url)
+    if held < samples:
+        raise ValueError(f"a data size of {samples} samples: the {len(urls)} shards hold only {held}")
+    return prefix, held
 
 
 def _expand_one(item: str) -> list[str]:

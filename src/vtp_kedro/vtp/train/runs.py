@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from vtp_kedro.vtp.config import Config
+from vtp_kedro.vtp.data.shards import SHARD_MANIFEST
 from vtp_kedro.vtp.io import DigestCache, folder_digest
 from vtp_kedro.vtp.train.checkpoint import load_checkpoint
 from vtp_kedro.vtp.train.curves import read_metrics_log
@@ -33,7 +34,6 @@ from vtp_kedro.vtp.train.trainer import TrainerConfig
 
 # Trainer settings that change how a run is watched or stored, not what it computes.
 NOT_FINGERPRINTED = frozenset({"resume", "log_every", "checkpoint_every", "keep_last"})
-SHARD_MANIFEST = "filter_report.json"  # data_filtering's output lists each shard's sha256
 _DIGEST_CACHE = ".content_digests.json"  # in runs_dir: file sha256 by (path, size, mtime)
 
 

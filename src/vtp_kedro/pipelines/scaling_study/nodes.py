@@ -1,0 +1,188 @@
+"""Nodes of the scaling_study pipeline: plan the grid, run every point's downstream chain, tabulate, plot.
+
+Every point is one tokenizer pre-training configuration judged by the default chain's own
+pipelines (``points.py``), each in ``<points_dir>/<point>/`` with its own runs, outputs and
+nested MLflow run. The study is a Kedro pipeline rather than DVC experiments because a point
+is the whole downstream chain under the Kedro environment's parameters (``--env paper`` grids
+on a cluster, ``--env ci`` in the tests), and a finished point must be skipped by content, not
+by DVC's per-stage locks of one workspace.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from matplotlib.figure import Figure
+from pydantic import model_validator
+
+from vtp_kedro.datasets.folder import FolderWriter
+from vtp_kedro.pipelines.decoder_gan.nodes import DecoderGANParams
+from vtp_kedro.pipelines.dit_training.nodes import DiTTrainingParams
+from vtp_kedro.pipelines.evaluation.nodes import EvaluationParams, reference_classifier_writer
+from vtp_kedro.pipelines.latent_extraction.nodes import LatentExtractionParams
+from vtp_kedro.pipelines.scaling_study.points import PlannedPoint, read_point_record, relocate, run_point
+from vtp_kedro.pipelines.tokenizer_pretraining.nodes import TokenizerPretrainingParams
+from vtp_kedro.vtp import scaling
+from vtp_kedro.vtp.config import Config, with_overrides
+from vtp_kedro.vtp.data.shards import expand_urls, shard_prefix
+from vtp_kedro.vtp.io import DigestCache, folder_digest
+from vtp_kedro.vtp.train.runs import shards_digest
+
+log = logging.getLogger(__name__)
+
+
+class DownstreamOverrides(Config):
+    """Per-stage overrides for every point (nested keys of that stage's parameters): the study's
+    downstream protocol, e.g. a shorter DiT run than the default chain's."""
+
+    decoder_gan: dict[str, Any] = {}
+    latent_extraction: dict[str, Any] = {}
+    dit_training: dict[str, Any] = {}
+    evaluation: dict[str, Any] = {}
+
+
+class ScalingStudyParams(Config):
+    # Each point's own data tree (<points_dir>/<point>/06_models/..., 08_reporting/...), runs and point.json.
+    points_dir: str
+    grid: scaling.ScalingGridConfig
+    # Tokenizer sizes the grid's model_size names: overrides of tokenizer_pretraining.model.tokenizer.
+    model_sizes: dict[str, dict[str, Any]] = {scaling.DEFAULT_MODEL_SIZE: {}}
+    # Overrides of tokenizer_pretraining's parameters for every point (the grid's coordinates come after).
+    tokenizer_pretraining: dict[str, Any] = {}
+    downstream: DownstreamOverrides = DownstreamOverrides()
+
+    @model_validator(mode="after")
+    def _model_sizes(self) -> ScalingStudyParams:
+        unknown = sorted(set(self.grid.model_size) - set(self.model_sizes) - {scaling.DEFAULT_MODEL_SIZE})
+        if unknown:
+            raise ValueError(f"scaling_study.grid.model_size names {unknown}, which scaling_study.model_sizes "
+                             f"does not define (it has {sorted(self.model_sizes)})")
+        return self
+
+
+@dataclass(frozen=True)
+class ScalingPlan:
+    points_dir: str
+    points: list[PlannedPoint]  # in the order they run
+    evaluation: EvaluationParams  # the study's evaluation (shared by every point), for its reference classifier
+    image_size: int  # the tokenizers' training size, the reference classifier's default
+
+
+def _in_project(path: str) -> str:
+    """A path under the project relative to it, so that fingerprints are the same in every clone."""
+    return os.path.relpath(path) if Path(path).resolve().is_relative_to(Path.cwd()) else path
+
+
+def _point_runs_dir(runs_dir: str, point_dir: Path) -> str:
+    """A stage's runs folder for the point: moved into the point's data tree when it is under data/,
+    else a sub-folder ``scaling_study/<point>`` of it."""
+    data_dir = Path.cwd() / "data"
+    if (Path.cwd() / runs_dir).resolve().is_relative_to(data_dir):
+        return relocate(str((Path.cwd() / runs_dir).resolve()), data_dir, point_dir)
+    return str(Path(runs_dir) / "scaling_study" / point_dir.name)
+
+
+def _point_params(point: scaling.GridPoint, study: ScalingStudyParams, shards: list[str] | None,
+                  stages: dict[str, Config]) -> dict[str, Config]:
+    """Every stage's parameters for ``point``: the project's, the study's overrides, then the point's
+    coordinates; runs folders move into the point's folder."""
+    point_dir = Path(study.points_dir) / point.name
+    coordinates = {"model": {"objective": point.objective, "semantic_features": point.semantic_features,
+                             "tokenizer": study.model_sizes.get(point.model_size, {})},
+                   "trainer": {"budget": {"unit": "flops", "value": point.budget_flops}}}
+    if shards is not None:
+        coordinates["data"] = {"shards": shards}
+    overrides = {"tokenizer_pretraining": [study.tokenizer_pretraining, coordinates],
+                 **{stage: [getattr(study.downstream, stage)] for stage in DownstreamOverrides.model_fields}}
+    params = {}
+    for stage, config in stages.items():
+        for layer in overrides[stage]:
+            config = with_overrides(config, layer, f"scaling_study: {stage}")
+        if "runs_dir" in type(config).model_fields:
+            config = with_overrides(config, {"runs_dir": _point_runs_dir(config.runs_dir, point_dir)})
+        params[stage] = config
+    return params
+
+
+def plan_scaling_study(filtered_shards: Path, study: ScalingStudyParams, tokenizer_pretraining: TokenizerPretrainingParams,
+                       decoder_gan: DecoderGANParams, latent_extraction: LatentExtractionParams,
+                       dit_training: DiTTrainingParams, evaluation: EvaluationParams) -> ScalingPlan:
+    """Every point's parameters, validated before anything trains: a wrong override or a data size
+    larger than the data fails here, naming the key or the size."""
+    for name, value in (("decoder_gan.tokenizer", decoder_gan.tokenizer),
+                        ("latent_extraction.tokenizer", latent_extraction.tokenizer)):
+        if value is not None:
+            raise ValueError(f"{name} is {value!r}: the scaling study feeds each point its own tokenizer; set it to null")
+    urls = [_in_project(url) for url in expand_urls(tokenizer_pretraining.data.shards or str(filtered_shards))]
+    prefixes = {size: shard_prefix(urls, size) for size in study.grid.data_size if size is not None}
+    stages = {"tokenizer_pretraining": tokenizer_pretraining, "decoder_gan": decoder_gan,
+              "latent_extraction": latent_extraction, "dit_training": dit_training, "evaluation": evaluation}
+    points = []
+    for point in scaling.expand_grid(study.grid):
+        shards, samples = prefixes.get(point.data_size, (None, None))
+        points.append(PlannedPoint(point, _point_params(point, study, shards, stages), samples))
+    study_evaluation = points[0].params["evaluation"]
+    log.info("scaling study: %d points in %s", len(points), study.points_dir)
+    return ScalingPlan(points_dir=study.points_dir, points=points, evaluation=study_evaluation,
+                       image_size=points[0].params["tokenizer_pretraining"].data.image_size)
+
+
+def fit_study_reference_classifier(raw_labelled_images: Path, plan: ScalingPlan) -> FolderWriter:
+    """The one reference classifier every point's evaluation measures in (it depends on the labelled
+    images and its settings only, so training it per point would repeat the same network)."""
+    return reference_classifier_writer(raw_labelled_images, plan.evaluation, plan.image_size)
+
+
+def run_scaling_study(plan: ScalingPlan, catalog_config: dict[str, Any], filtered_shards: Path,
+                      raw_labelled_images: Path, scaling_study_reference_classifier: Path) -> pd.DataFrame:
+    """Run every point not finished yet (a finished one is read from its ``point.json``); returns the
+    results table, one row per point."""
+    data_dir, points_dir = Path.cwd() / "data", Path.cwd() / plan.points_dir
+    cache = DigestCache(points_dir / ".content_digests.json")
+    labelled = folder_digest(raw_labelled_images, cache)
+    classifier = folder_digest(scaling_study_reference_classifier, cache)
+    rows = []
+    for index, planned in enumerate(plan.points, start=1):
+        shards = planned.params["tokenizer_pretraining"].data.shards or str(filtered_shards)
+        digests = {"shards": shards_digest(expand_urls(shards), cache), "labelled_images": labelled,
+                   "reference_classifier": classifier}
+        cache.save()
+        fingerprint = planned.fingerprint(digests)
+        point_dir = points_dir / planned.point.name
+        record = read_point_record(point_dir, fingerprint)
+        if record is not None:
+            log.info("scaling study point %d/%d %s: finished, not rerun", index, len(plan.points), planned.point.name)
+            rows.append(record["row"])
+            continue
+        log.info("scaling study point %d/%d %s: running", index, len(plan.points), planned.point.name)
+        rows.append(run_point(planned, catalog_config, point_dir, fingerprint, data_dir))
+    return pd.DataFrame(rows, columns=list(scaling.RESULT_COLUMNS))
+
+
+def _rows(results: pd.DataFrame) -> list[dict[str, Any]]:
+    return results.to_dict(orient="records")
+
+
+def plot_reconstruction_scaling(scaling_results: pd.DataFrame) -> Figure:
+    return scaling.plot_reconstruction(_rows(scaling_results))
+
+
+def plot_generation_scaling(scaling_results: pd.DataFrame) -> Figure:
+    return scaling.plot_generation(_rows(scaling_results))
+
+
+def plot_understanding_scaling(scaling_results: pd.DataFrame) -> Figure:
+    return scaling.plot_understanding(_rows(scaling_results))
+
+
+def plot_generation_vs_understanding(scaling_results: pd.DataFrame) -> Figure:
+    return scaling.plot_generation_vs_understanding(_rows(scaling_results))
+
+
+def summarise_scaling_study(scaling_results: pd.DataFrame) -> str:
+    return scaling.summary_markdown(_rows(scaling_results))

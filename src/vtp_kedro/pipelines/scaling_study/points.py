@@ -1,0 +1,155 @@
+"""One grid point's run: the project's own downstream pipelines on a catalog moved into the point's folder.
+
+The point's catalog holds the project's dataset definitions (``catalog.yml`` as the session
+resolved it, handed to the node by ``CatalogConfigHook``), with every output of the downstream
+chain moved from ``data/<layer>/...`` to ``<points_dir>/<point>/<layer>/...``; the shared inputs
+(filtered shards, labelled images, the study's reference classifier) stay where they are. It runs
+with Kedro's ``SequentialRunner``, so a point is judged by exactly the nodes and datasets the
+default chain uses, and resumes like them: every training stage continues its run from the
+point's runs folders, extraction skips finished shards. A finished point leaves ``point.json``
+(its fingerprint and results row) and is never run again while the fingerprint holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kedro.io import DataCatalog
+from kedro.pipeline import Pipeline
+from kedro.runner import SequentialRunner
+
+from vtp_kedro.pipelines.decoder_gan.pipeline import create_pipeline as decoder_gan
+from vtp_kedro.pipelines.dit_training.pipeline import create_pipeline as dit_training
+from vtp_kedro.pipelines.evaluation.pipeline import create_pipeline as evaluation
+from vtp_kedro.pipelines.latent_extraction.pipeline import create_pipeline as latent_extraction
+from vtp_kedro.pipelines.tokenizer_pretraining.pipeline import create_pipeline as tokenizer_pretraining
+from vtp_kedro.vtp.config import Config
+from vtp_kedro.vtp.io import atomic_path
+from vtp_kedro.vtp.scaling import GridPoint, result_row
+from vtp_kedro.vtp.train.checkpoint import TRAINER_STATE_FILE
+
+log = logging.getLogger(__name__)
+
+DOWNSTREAM_STAGES = ("tokenizer_pretraining", "decoder_gan", "latent_extraction", "dit_training", "evaluation")
+SHARED_INPUTS = ("filtered_shards", "raw_labelled_images")
+STUDY_REFERENCE_CLASSIFIER = "scaling_study_reference_classifier"  # the study's catalog entry, shared by all points
+POINT_RECORD = "point.json"
+_PATH_KEYS = ("path", "filepath")
+
+
+@dataclass(frozen=True)
+class PlannedPoint:
+    """A grid point with every stage's parameters, validated, and the pre-training samples it reads."""
+
+    point: GridPoint
+    params: Mapping[str, Config]
+    data_samples: int | None
+
+    def fingerprint(self, input_digests: Mapping[str, str]) -> str:
+        identity = {"point": self.point.coordinates(), "inputs": dict(input_digests),
+                    "params": {stage: params.model_dump(mode="json") for stage, params in self.params.items()}}
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def point_pipeline() -> Pipeline:
+    """The default chain after data filtering, without the reference classifier's fit (one for the study)."""
+    chain = sum((create() for create in (tokenizer_pretraining, decoder_gan, latent_extraction, dit_training,
+                                         evaluation)), Pipeline([]))
+    return Pipeline([node for node in chain.nodes if node.name != "fit_reference_classifier"])
+
+
+def relocate(path: str, data_dir: Path, point_dir: Path) -> str:
+    """``<data_dir>/<layer>/<rest>`` -> ``<point_dir>/<layer>/<rest>``."""
+    resolved = Path(path)
+    if not resolved.is_absolute() or not resolved.is_relative_to(data_dir):
+        raise ValueError(f"{path} is not under {data_dir}: the scaling study gives each point its own copy of the "
+                         "project's data folder, so the downstream outputs must live in it")
+    return str(point_dir / resolved.relative_to(data_dir))
+
+
+def _relocated(entry: Mapping[str, Any], data_dir: Path, point_dir: Path) -> dict[str, Any]:
+    """A dataset's config with every path (also an MLflow wrapper's inner dataset's) moved into the point."""
+    moved: dict[str, Any] = {}
+    for key, value in entry.items():
+        if isinstance(value, Mapping):
+            moved[key] = _relocated(value, data_dir, point_dir)
+        elif key in _PATH_KEYS and isinstance(value, str):
+            moved[key] = relocate(value, data_dir, point_dir)
+        else:
+            moved[key] = value
+    return moved
+
+
+def point_catalog(catalog_config: Mapping[str, Any], pipeline: Pipeline, point_dir: Path,
+                  params: Mapping[str, Config], data_dir: Path) -> DataCatalog:
+    """The project's datasets for ``pipeline``, its outputs moved into ``point_dir``, with the point's
+    parameters; the shared inputs and the study's reference classifier are read where they are."""
+    missing = [name for name in (*SHARED_INPUTS, STUDY_REFERENCE_CLASSIFIER) if name not in catalog_config]
+    if missing:
+        raise KeyError(f"the catalog defines no {missing}: the scaling study reads them")
+    config = {name: _relocated(catalog_config[name], data_dir, point_dir)
+              for name in sorted(pipeline.all_outputs()) if name in catalog_config}
+    config |= {name: dict(catalog_config[name]) for name in SHARED_INPUTS}
+    config["reference_classifier"] = dict(catalog_config[STUDY_REFERENCE_CLASSIFIER])
+    catalog = DataCatalog.from_config(config)
+    for stage, value in params.items():
+        catalog[f"params:{stage}"] = value
+    return catalog
+
+
+@contextlib.contextmanager
+def point_mlflow_run(point: GridPoint, params: Mapping[str, Config]) -> Iterator[str | None]:
+    """A nested MLflow run for the point under the study's run, tagged with its grid coordinates; the
+    stages inside it (their trainers, artifact and metric datasets) log into it. None without MLflow."""
+    import mlflow
+
+    if mlflow.active_run() is None:
+        yield None
+        return
+    tags = {"scaling_study.point": point.name,
+            **{f"scaling_study.{axis}": f"{value:g}" if isinstance(value, float) else str(value)
+               for axis, value in point.coordinates().items()}}
+    with mlflow.start_run(run_name=point.name, nested=True, tags=tags) as run:
+        mlflow.log_params({f"grid.{axis}": value for axis, value in point.coordinates().items()})
+        mlflow.log_dict({stage: config.model_dump(mode="json") for stage, config in params.items()},
+                        "resolved_config.json")
+        yield run.info.run_id
+
+
+def read_point_record(point_dir: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The finished point's record if it was made with this fingerprint, else None."""
+    path = point_dir / POINT_RECORD
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    return record if record.get("fingerprint") == fingerprint else None
+
+
+def run_point(planned: PlannedPoint, catalog_config: Mapping[str, Any], point_dir: Path, fingerprint: str,
+              data_dir: Path) -> dict[str, Any]:
+    """Run (or resume) the point's downstream chain; returns its results row and writes ``point.json``."""
+    pipeline = point_pipeline()
+    catalog = point_catalog(catalog_config, pipeline, point_dir, planned.params, data_dir)
+    with point_mlflow_run(planned.point, planned.params) as run_id:
+        SequentialRunner().run(pipeline, catalog)
+        checkpoint_dir = Path(relocate(catalog_config["tokenizer_checkpoint"]["path"], data_dir, point_dir))
+        trainer_state = json.loads((checkpoint_dir / TRAINER_STATE_FILE).read_text())
+        row = result_row(planned.point, catalog.load("evaluation_metrics"), catalog.load("tokenizer_probe_log"),
+                         trainer_state, planned.data_samples, run_id)
+        if run_id is not None:
+            import mlflow
+
+            mlflow.log_metrics({f"scaling_study.{key}": float(value) for key, value in row.items()
+                                if isinstance(value, (int, float)) and not isinstance(value, bool)})
+    record = {"point": planned.point.name, "fingerprint": fingerprint, "coordinates": planned.point.coordinates(),
+              "row": row}
+    with atomic_path(point_dir / POINT_RECORD) as tmp:
+        tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    return row
