@@ -46,7 +46,7 @@ def test_the_base_plan_moves_each_point_into_its_folder_with_its_coordinates(sha
     point_dir = f"data/07_model_output/scaling_study/{first.point.name}"
     assert tokenizer.runs_dir == f"{point_dir}/06_models/tokenizer_pretraining_runs"
     assert first.params["dit_training"].runs_dir == f"{point_dir}/06_models/dit_runs"
-    assert first.params["dit_training"].trainer.budget.value == 400  # the study's downstream protocol
+    assert first.params["dit_training"].trainer.budget.value == study.downstream.dit_training["trainer"]["budget"]["value"]
     assert first.params["dit_training"].sampling == stages["dit_training"].sampling  # the rest is the chain's
     assert first.params["evaluation"] == stages["evaluation"]
     assert tokenizer.data.shards is None and first.data_samples is None  # all the data

@@ -48,7 +48,8 @@ def test_every_point_has_its_own_folder_and_mlflow_run_tagged_with_its_coordinat
     results = pd.read_csv(study_project / "data/08_reporting/scaling_study/results.csv")
     for point in results["point"]:
         folder = study_project / POINTS / point
-        assert json.loads((folder / "point.json").read_text())["row"]["point"] == point
+        record = json.loads((folder / "point.json").read_text())
+        assert record["point"] == point and record["mlflow_run_id"] in set(results["mlflow_run_id"])
         assert (folder / "08_reporting/evaluation/metrics.json").is_file()
         assert (folder / "06_models/gan_tokenizer/tokenizer.safetensors").is_file()
         assert len(list((folder / "06_models/tokenizer_pretraining_runs").iterdir())) >= 1

@@ -25,7 +25,15 @@ from vtp_kedro.pipelines.decoder_gan.nodes import DecoderGANParams
 from vtp_kedro.pipelines.dit_training.nodes import DiTTrainingParams
 from vtp_kedro.pipelines.evaluation.nodes import EvaluationParams, reference_classifier_writer
 from vtp_kedro.pipelines.latent_extraction.nodes import LatentExtractionParams
-from vtp_kedro.pipelines.scaling_study.points import PlannedPoint, read_point_record, relocate, run_point
+from vtp_kedro.pipelines.scaling_study.points import (
+    PlannedPoint,
+    point_catalog,
+    point_pipeline,
+    point_row,
+    read_point_record,
+    relocate,
+    run_point,
+)
 from vtp_kedro.pipelines.tokenizer_pretraining.nodes import TokenizerPretrainingParams
 from vtp_kedro.vtp import scaling
 from vtp_kedro.vtp.config import Config, with_overrides
@@ -154,13 +162,15 @@ def run_scaling_study(plan: ScalingPlan, catalog_config: dict[str, Any], filtere
         cache.save()
         fingerprint = planned.fingerprint(digests)
         point_dir = points_dir / planned.point.name
+        catalog = point_catalog(catalog_config, point_pipeline(), point_dir, planned.params, data_dir)
         record = read_point_record(point_dir, fingerprint)
         if record is not None:
             log.info("scaling study point %d/%d %s: finished, not rerun", index, len(plan.points), planned.point.name)
-            rows.append(record["row"])
-            continue
-        log.info("scaling study point %d/%d %s: running", index, len(plan.points), planned.point.name)
-        rows.append(run_point(planned, catalog_config, point_dir, fingerprint, data_dir))
+            run_id = record["mlflow_run_id"]
+        else:
+            log.info("scaling study point %d/%d %s: running", index, len(plan.points), planned.point.name)
+            run_id = run_point(planned, catalog, point_dir, fingerprint)
+        rows.append(point_row(planned, catalog, run_id))
     return pd.DataFrame(rows, columns=list(scaling.RESULT_COLUMNS))
 
 

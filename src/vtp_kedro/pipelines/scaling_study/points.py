@@ -101,6 +101,8 @@ def point_catalog(catalog_config: Mapping[str, Any], pipeline: Pipeline, point_d
     catalog = DataCatalog.from_config(config)
     for stage, value in params.items():
         catalog[f"params:{stage}"] = value
+    # where the pre-training checkpoint lives, to read its trainer state without loading the weights
+    catalog["tokenizer_checkpoint_path"] = config["tokenizer_checkpoint"]["path"]
     return catalog
 
 
@@ -132,24 +134,27 @@ def read_point_record(point_dir: Path, fingerprint: str) -> dict[str, Any] | Non
     return record if record.get("fingerprint") == fingerprint else None
 
 
-def run_point(planned: PlannedPoint, catalog_config: Mapping[str, Any], point_dir: Path, fingerprint: str,
-              data_dir: Path) -> dict[str, Any]:
-    """Run (or resume) the point's downstream chain; returns its results row and writes ``point.json``."""
-    pipeline = point_pipeline()
-    catalog = point_catalog(catalog_config, pipeline, point_dir, planned.params, data_dir)
+def point_row(planned: PlannedPoint, catalog: DataCatalog, mlflow_run_id: str | None) -> dict[str, Any]:
+    """The point's results row, read from its own outputs (so a finished point's row follows the
+    current table code): the evaluation's metrics, the online probe's log, the final trainer state."""
+    checkpoint = Path(catalog.load("tokenizer_checkpoint_path"))
+    trainer_state = json.loads((checkpoint / TRAINER_STATE_FILE).read_text())
+    return result_row(planned.point, catalog.load("evaluation_metrics"), catalog.load("tokenizer_probe_log"),
+                      trainer_state, planned.data_samples, mlflow_run_id)
+
+
+def run_point(planned: PlannedPoint, catalog: DataCatalog, point_dir: Path, fingerprint: str) -> str | None:
+    """Run (or resume) the point's downstream chain and write ``point.json``; returns its MLflow run id."""
     with point_mlflow_run(planned.point, planned.params) as run_id:
-        SequentialRunner().run(pipeline, catalog)
-        checkpoint_dir = Path(relocate(catalog_config["tokenizer_checkpoint"]["path"], data_dir, point_dir))
-        trainer_state = json.loads((checkpoint_dir / TRAINER_STATE_FILE).read_text())
-        row = result_row(planned.point, catalog.load("evaluation_metrics"), catalog.load("tokenizer_probe_log"),
-                         trainer_state, planned.data_samples, run_id)
+        SequentialRunner().run(point_pipeline(), catalog)
         if run_id is not None:
             import mlflow
 
+            row = point_row(planned, catalog, run_id)
             mlflow.log_metrics({f"scaling_study.{key}": float(value) for key, value in row.items()
                                 if isinstance(value, (int, float)) and not isinstance(value, bool)})
     record = {"point": planned.point.name, "fingerprint": fingerprint, "coordinates": planned.point.coordinates(),
-              "row": row}
+              "mlflow_run_id": run_id}
     with atomic_path(point_dir / POINT_RECORD) as tmp:
         tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    return row
+    return run_id
