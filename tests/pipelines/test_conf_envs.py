@@ -53,3 +53,10 @@ def test_paper_evaluation_is_inception_on_adm_reference_batch() -> None:
     evaluation = EvaluationParams.model_validate(parameters_of("paper")["evaluation"])
     assert evaluation.feature_spaces[0] == "inception" and evaluation.generation.reference.endswith(".npz")
     assert evaluation.reconstruction.lpips_backbone == "vgg" and evaluation.understanding.features == "bottleneck"
+
+
+def test_a_scheduler_address_needs_the_dask_executor() -> None:
+    params = parameters_of("base")["data_filtering"]
+    with pytest.raises(ValueError, match="scheduler_address is set but executor is not 'dask'"):
+        DataFilteringParams.model_validate({**params, "scheduler_address": "tcp://head:8786"})
+    assert DataFilteringParams.model_validate({**params, "executor": "dask", "scheduler_address": "tcp://h:1"})

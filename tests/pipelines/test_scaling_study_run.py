@@ -69,7 +69,8 @@ def test_a_rerun_trains_nothing_and_an_interrupted_point_resumes(study_project: 
     results_csv = study_project / "data/08_reporting/scaling_study/results.csv"
     before = pd.read_csv(results_csv)
     records = sorted((study_project / POINTS).glob("*/point.json"))
-    stamps = {path: path.stat().st_mtime_ns for path in records}
+    classifiers = sorted((study_project / POINTS / ".reference_classifiers").rglob("*.safetensors"))
+    stamps = {path: path.stat().st_mtime_ns for path in records + classifiers}
     # One point loses its record, as if the study was killed after the point's training: it is
     # finished again from its own runs, resumed at their last step; the others are not touched.
     records[0].unlink()
@@ -80,5 +81,6 @@ def test_a_rerun_trains_nothing_and_an_interrupted_point_resumes(study_project: 
     after = pd.read_csv(results_csv)
     pd.testing.assert_frame_equal(after.drop(columns="mlflow_run_id"), before.drop(columns="mlflow_run_id"))
     assert records[0].is_file()
-    for path in records[1:]:
+    assert len(classifiers) == 1  # one reference classifier for the study, trained once
+    for path in records[1:] + classifiers:
         assert path.stat().st_mtime_ns == stamps[path]

@@ -19,7 +19,6 @@ from vtp_kedro.vtp.data.filters import (
     ClipScorer,
     ClipScoreRule,
     FilterRules,
-    HammingIndex,
     filter_shards,
 )
 from vtp_kedro.vtp.data.shards import iter_shard_samples, write_shard
@@ -159,6 +158,35 @@ def test_output_identical_for_one_and_two_workers(tmp_path: Path) -> None:
         np.testing.assert_array_equal(getattr(one, name), getattr(two, name))
 
 
+def _digests(folder: Path) -> list[str]:
+    return [hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.tar"))]
+
+
+@pytest.mark.parametrize("partitions", [1, 3, 64])
+def test_output_identical_for_any_number_of_dedup_partitions(tmp_path: Path, partitions: int) -> None:
+    urls = _multi_shard_input(tmp_path)
+    rules = FilterRules(near_dup_hamming=10)
+    base = filter_shards(urls, tmp_path / "base", rules, samples_per_shard=7, dedup_partitions=16)
+    other = filter_shards(urls, tmp_path / "other", rules, samples_per_shard=7, dedup_partitions=partitions)
+    assert other.to_dict() == base.to_dict() and _digests(tmp_path / "other") == _digests(tmp_path / "base")
+    np.testing.assert_array_equal(other.kept_mask, base.kept_mask)
+
+
+def test_the_dask_executor_gives_the_process_pool_output(tmp_path: Path) -> None:
+    urls = _multi_shard_input(tmp_path)
+    rules = FilterRules(near_dup_hamming=10)
+    pool = filter_shards(urls, tmp_path / "pool", rules, samples_per_shard=7, num_workers=2)
+    dask = filter_shards(urls, tmp_path / "dask", rules, samples_per_shard=7, num_workers=2, executor="dask")
+    assert dask.to_dict() == pool.to_dict() and _digests(tmp_path / "dask") == _digests(tmp_path / "pool")
+    for name in ("widths", "heights", "caption_words", "kept_mask"):
+        np.testing.assert_array_equal(getattr(dask, name), getattr(pool, name))
+
+
+def test_a_scheduler_address_is_for_dask_only(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="scheduler_address is for executor 'dask'"):
+        filter_shards(_multi_shard_input(tmp_path), tmp_path / "out", FilterRules(), 7, scheduler_address="tcp://x:1")
+
+
 def test_output_is_atomic_and_replaces_earlier_run(tmp_path: Path) -> None:
     samples = [_sample(f"k{i}", i) for i in range(9)]
     write_shard(tmp_path / "in" / "00000.tar", samples)
@@ -217,20 +245,6 @@ def test_plots(tmp_path: Path) -> None:
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png")
         assert buffer.getvalue().startswith(b"\x89PNG")
-
-
-def test_hamming_index_matches_brute_force() -> None:
-    rng = np.random.default_rng(0)
-    stored = [int(v) for v in rng.integers(0, 2**63, 300, dtype=np.int64)]
-    queries = [v ^ sum(1 << int(b) for b in rng.choice(64, int(rng.integers(0, 12)), replace=False))
-               for v in stored[:150]] + [int(v) for v in rng.integers(0, 2**63, 50, dtype=np.int64)]
-    for threshold in (0, 4, 10, 63):
-        index = HammingIndex(threshold)
-        for value in stored:
-            index.add(value)
-        for query in queries:
-            expected = any((query ^ value).bit_count() <= threshold for value in stored)
-            assert index.contains_near(query) == expected
 
 
 # --- configuration --------------------------------------------------------------------------

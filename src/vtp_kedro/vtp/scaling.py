@@ -226,6 +226,9 @@ def plot_generation_vs_understanding(rows: Sequence[Mapping[str, Any]]) -> Figur
                  for row in chosen]
         ax.scatter([float(row["linear_probe"]) for row in chosen], [_value(row[column]) for row in chosen],
                    s=sizes, label=objective, color=_OBJECTIVE_COLOURS.get(objective), alpha=0.8)
+    chance = _value(rows[0].get("chance"))
+    if chance is not None:
+        ax.axvline(chance, color="black", linestyle=":", label="chance")
     ax.set_ylabel(f"{column} (lower is better)")
     ax.set_title("Understanding against generation (marker size: FLOPs)")
     ax.legend(fontsize=8)

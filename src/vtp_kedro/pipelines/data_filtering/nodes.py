@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from vtp_kedro.datasets.folder import FolderWriter
 from vtp_kedro.vtp.config import Config
@@ -16,6 +16,7 @@ from vtp_kedro.vtp.data.filter_report import (
     read_filter_report,
     write_filter_report,
 )
+from vtp_kedro.vtp.data.executors import ExecutorKind
 from vtp_kedro.vtp.data.filters import FilterRules, filter_shards
 from vtp_kedro.vtp.data.shards import expand_urls
 
@@ -26,7 +27,18 @@ class DataFilteringParams(Config):
     input_shards: str | None = None
     samples_per_shard: int = Field(gt=0)
     num_workers: int = Field(gt=0)
+    executor: ExecutorKind = "processes"
+    # dask: None starts a LocalCluster of num_workers processes; else a running scheduler, e.g. tcp://head:8786
+    scheduler_address: str | None = None
+    dedup_partitions: int = Field(16, gt=0)
+    work_dir: str | None = None  # scratch for records and partitions; None: the system's temporary folder
     rules: FilterRules
+
+    @model_validator(mode="after")
+    def _address_for_dask(self) -> DataFilteringParams:
+        if self.scheduler_address is not None and self.executor != "dask":
+            raise ValueError("data_filtering.scheduler_address is set but executor is not 'dask'")
+        return self
 
 
 def filter_captioned_shards(raw_captioned_shards: Path, params: DataFilteringParams) -> FolderWriter:
@@ -40,6 +52,10 @@ def filter_captioned_shards(raw_captioned_shards: Path, params: DataFilteringPar
             params.rules,
             samples_per_shard=params.samples_per_shard,
             num_workers=params.num_workers,
+            executor=params.executor,
+            scheduler_address=params.scheduler_address,
+            dedup_partitions=params.dedup_partitions,
+            work_dir=params.work_dir,
         )
         write_filter_report(report, output_dir)
 

@@ -10,8 +10,11 @@ by DVC's per-stage locks of one workspace.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +41,7 @@ from vtp_kedro.pipelines.tokenizer_pretraining.nodes import TokenizerPretraining
 from vtp_kedro.vtp import scaling
 from vtp_kedro.vtp.config import Config, with_overrides
 from vtp_kedro.vtp.data.shards import expand_urls, shard_prefix
-from vtp_kedro.vtp.io import DigestCache, folder_digest
+from vtp_kedro.vtp.io import DigestCache, atomic_path, folder_digest
 from vtp_kedro.vtp.train.runs import shards_digest
 
 log = logging.getLogger(__name__)
@@ -142,8 +145,25 @@ def plan_scaling_study(filtered_shards: Path, study: ScalingStudyParams, tokeniz
 
 def fit_study_reference_classifier(raw_labelled_images: Path, plan: ScalingPlan) -> FolderWriter:
     """The one reference classifier every point's evaluation measures in (it depends on the labelled
-    images and its settings only, so training it per point would repeat the same network)."""
-    return reference_classifier_writer(raw_labelled_images, plan.evaluation, plan.image_size)
+    images and its settings only, so training it per point would repeat the same network). Kept in
+    ``<points_dir>/.reference_classifiers/<fingerprint>``: a rerun of the study trains nothing."""
+    points_dir = Path(plan.points_dir)
+    cache = DigestCache(points_dir / ".content_digests.json")
+    identity = {"settings": plan.evaluation.model_dump(mode="json"), "image_size": plan.image_size,
+                "labelled_images": folder_digest(plan.evaluation.image_root or raw_labelled_images, cache)}
+    cache.save()
+    fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    trained = points_dir / ".reference_classifiers" / fingerprint
+    train = reference_classifier_writer(raw_labelled_images, plan.evaluation, plan.image_size)
+
+    def write(folder: Path) -> None:
+        if not trained.is_dir():
+            with atomic_path(trained) as tmp:
+                tmp.mkdir()
+                train(tmp)
+        shutil.copytree(trained, folder, dirs_exist_ok=True)
+
+    return write
 
 
 def run_scaling_study(plan: ScalingPlan, catalog_config: dict[str, Any], filtered_shards: Path,

@@ -1,15 +1,17 @@
 """Filter raw image-caption shards into clean, deduplicated, re-sharded WebDataset shards.
 
 Each sample is checked against the rules in :data:`REASONS` order and counted under the
-first one it fails. Two passes keep memory bounded on any dataset size:
+first one it fails. Every step is a set of tasks on an executor (``vtp.data.executors``: a
+process pool or a Dask cluster), and memory stays bounded on any dataset size:
 
-1. Worker processes scan the input shards (one task per shard) and return compact
-   per-sample records: the failed per-sample rule, size, caption length, sha256, pHash and,
-   when enabled, the CLIP score. No image bytes leave a worker.
-2. The parent deduplicates the records in input order (so the result cannot depend on the
-   number of workers), then re-reads the input shards and copies the kept samples, member
-   bytes unchanged, into fixed-size output shards built in a temporary folder that is
-   renamed into place.
+1. One task per input shard writes the shard's compact per-sample records (the failed
+   per-sample rule, size, caption length and, when enabled, the CLIP score) and spreads its
+   sha256 and pHash over the dedup partitions, on disk. No image bytes leave a task.
+2. The dedup (``vtp.data.dedup``) runs one task per partition and joins their verdicts into
+   one byte per sample, the sequential rule in input order exactly, so the result depends on
+   neither the number of workers nor the number of partitions.
+3. One task per output shard re-reads the input shards it draws from and copies its kept
+   samples, member bytes unchanged, into a temporary folder that is renamed into place.
 """
 
 from __future__ import annotations
@@ -17,13 +19,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
-import itertools
 import logging
-import multiprocessing
+import sys
+import tempfile
+import time
 import unicodedata
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,12 +36,14 @@ from PIL import Image
 from pydantic import Field, model_validator
 
 from vtp_kedro.vtp.config import Config
+from vtp_kedro.vtp.data.dedup import DedupLayout, byte_map, deduplicate, write_partitions
+from vtp_kedro.vtp.data.executors import ExecutorKind, make_executor
 from vtp_kedro.vtp.data.shards import (
     SHARD_ERROR_REASONS,
     ShardInfo,
     expand_urls,
     iter_shard_samples,
-    write_shards,
+    write_shard,
 )
 from vtp_kedro.vtp.io import atomic_path
 
@@ -126,6 +130,7 @@ class FilterReport:
     heights: np.ndarray = field(repr=False)
     caption_words: np.ndarray = field(repr=False)
     kept_mask: np.ndarray = field(repr=False)
+    seconds: dict[str, float] = field(default_factory=dict, repr=False, compare=False)  # per phase; not saved
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-able counts and output manifest."""
@@ -136,35 +141,6 @@ class FilterReport:
             "shard_errors": dict(self.shard_errors),
             "shards": [asdict(info) for info in self.shards],
         }
-
-
-class HammingIndex:
-    """Finds whether a stored 64-bit hash lies within ``threshold`` bits of a query, sub-linearly.
-
-    Pigeonhole banding: the 64 bits are cut into ``threshold + 1`` bands; two hashes that differ
-    in at most ``threshold`` bits agree exactly on at least one band, so only hashes sharing a
-    band value with the query are compared.
-    """
-
-    def __init__(self, threshold: int) -> None:
-        if not 0 <= threshold <= 63:
-            raise ValueError(f"threshold must be in 0..63, got {threshold}")
-        self.threshold = threshold
-        widths = [64 // (threshold + 1) + (i < 64 % (threshold + 1)) for i in range(threshold + 1)]
-        starts = itertools.accumulate(widths, initial=0)
-        self._bands = [(start, (1 << width) - 1) for start, width in zip(starts, widths)]
-        self._buckets: list[dict[int, list[int]]] = [{} for _ in self._bands]
-
-    def add(self, value: int) -> None:
-        for (shift, mask), bucket in zip(self._bands, self._buckets):
-            bucket.setdefault((value >> shift) & mask, []).append(value)
-
-    def contains_near(self, value: int) -> bool:
-        for (shift, mask), bucket in zip(self._bands, self._buckets):
-            for other in bucket.get((value >> shift) & mask, ()):
-                if (value ^ other).bit_count() <= self.threshold:
-                    return True
-        return False
 
 
 class ClipScorer:
@@ -266,63 +242,65 @@ def check_sample(
     return None, image, caption
 
 
-@dataclass
-class _ShardScan:
-    """Pass-1 records of one shard, one entry per sample in reading order."""
-
-    url: str
-    codes: np.ndarray  # uint8: _PASSED or 1 + index in REASONS of the failed per-sample rule
-    widths: np.ndarray  # int32, 0 where undecodable
-    heights: np.ndarray
-    caption_words: np.ndarray  # int32, -1 where the caption is missing or invalid
-    sha256: list[bytes]  # empty unless the sample passed and exact dedup is on
-    phash: np.ndarray  # uint64, set where the sample passed and near dedup is on
-    clip_scores: np.ndarray  # float32, NaN unless scored
-    errors: Counter
+RECORDS_DIR = "records"
 
 
-def _scan_shard(url: str, rules: FilterRules) -> _ShardScan:
-    """Pass 1 over one shard: per-sample rules, hashes and CLIP scores, no image bytes kept."""
-    errors: Counter = Counter()
-    codes, widths, heights, words, digests, phashes = [], [], [], [], [], []
-    scores: list[float] = []
-    scorer = _scorer_for(rules.clip_score) if rules.clip_score.enabled else None
-    # Samples awaiting a CLIP batch, preprocessed at once: small tensors, not full-size pictures.
-    pending: list[tuple[int, Any, str]] = []
+@dataclass(frozen=True)
+class _ScanTask:
+    """Pass 1 over one shard: the per-sample rules, hashes and CLIP scores; no image bytes leave it.
 
-    def score_pending() -> None:
-        batch_scores = scorer([image for _, image, _ in pending], [caption for _, _, caption in pending])
-        for (index, _, _), score in zip(pending, batch_scores):
-            scores[index] = float(score)
-        pending.clear()
+    Writes the shard's records (``records/s<shard>.npz``) and its dedup partitions, atomically
+    under names of its own (a retried task replaces them), and returns its sample count and
+    shard errors."""
 
-    for sample in iter_shard_samples(url, errors):
-        reason, image, caption = check_sample(sample, rules)
-        codes.append(_PASSED if reason is None else REASONS.index(reason) + 1)
-        widths.append(image.size[0] if image is not None else 0)
-        heights.append(image.size[1] if image is not None else 0)
-        words.append(len(caption.split()) if caption is not None else -1)
-        passed = reason is None
-        digests.append(hashlib.sha256(sample[_image_ext(sample)]).digest() if passed and rules.exact_dedup else b"")
-        phashes.append(_phash(image) if passed and rules.near_dup_hamming is not None else 0)
-        scores.append(float("nan"))
-        if passed and scorer is not None:
-            pending.append((len(scores) - 1, scorer.preprocess(image), caption))
-            if len(pending) == rules.clip_score.batch_size:
-                score_pending()
-    if pending:
-        score_pending()
-    return _ShardScan(
-        url=url,
-        codes=np.asarray(codes, dtype=np.uint8),
-        widths=np.asarray(widths, dtype=np.int32),
-        heights=np.asarray(heights, dtype=np.int32),
-        caption_words=np.asarray(words, dtype=np.int32),
-        sha256=digests,
-        phash=np.asarray(phashes, dtype=np.uint64),
-        clip_scores=np.asarray(scores, dtype=np.float32),
-        errors=errors,
-    )
+    rules: FilterRules
+    layout: DedupLayout
+
+    def __call__(self, item: tuple[int, str]) -> tuple[int, dict[str, int]]:
+        shard, url = item
+        rules = self.rules
+        errors: Counter = Counter()
+        codes, widths, heights, words, digests, phashes = [], [], [], [], [], []
+        scores: list[float] = []
+        scorer = _scorer_for(rules.clip_score) if rules.clip_score.enabled else None
+        # Samples awaiting a CLIP batch, preprocessed at once: small tensors, not full-size pictures.
+        pending: list[tuple[int, Any, str]] = []
+
+        def score_pending() -> None:
+            batch_scores = scorer([image for _, image, _ in pending], [caption for _, _, caption in pending])
+            for (index, _, _), score in zip(pending, batch_scores):
+                scores[index] = float(score)
+            pending.clear()
+
+        for sample in iter_shard_samples(url, errors):
+            reason, image, caption = check_sample(sample, rules)
+            codes.append(_PASSED if reason is None else REASONS.index(reason) + 1)
+            widths.append(image.size[0] if image is not None else 0)
+            heights.append(image.size[1] if image is not None else 0)
+            words.append(len(caption.split()) if caption is not None else -1)
+            passed = reason is None
+            digests.append(hashlib.sha256(sample[_image_ext(sample)]).digest() if passed and rules.exact_dedup else b"")
+            phashes.append(_phash(image) if passed and rules.near_dup_hamming is not None else 0)
+            scores.append(float("nan"))
+            if passed and scorer is not None:
+                pending.append((len(scores) - 1, scorer.preprocess(image), caption))
+                if len(pending) == rules.clip_score.batch_size:
+                    score_pending()
+        if pending:
+            score_pending()
+        codes_array = np.asarray(codes, dtype=np.uint8)
+        with atomic_path(self.layout.folder / RECORDS_DIR / f"s{shard:07d}.npz") as tmp, open(tmp, "wb") as handle:
+            np.savez(handle, codes=codes_array, widths=np.asarray(widths, dtype=np.int32),
+                     heights=np.asarray(heights, dtype=np.int32), caption_words=np.asarray(words, dtype=np.int32),
+                     clip_scores=np.asarray(scores, dtype=np.float32))
+        write_partitions(self.layout, shard, np.flatnonzero(codes_array == _PASSED),
+                         digests if rules.exact_dedup else None, np.asarray(phashes, dtype=np.uint64))
+        return len(codes), dict(errors)
+
+
+def _records(layout: DedupLayout, shard: int) -> dict[str, np.ndarray]:
+    with np.load(layout.folder / RECORDS_DIR / f"s{shard:07d}.npz") as records:
+        return {name: records[name] for name in records.files}
 
 
 def _phash(image: Image.Image) -> int:
@@ -330,72 +308,76 @@ def _phash(image: Image.Image) -> int:
     return int(str(imagehash.phash(image)), 16)
 
 
-def _init_worker(clip_enabled: bool) -> None:
-    if clip_enabled:
-        import torch
+def _init_worker() -> None:
+    import os
 
-        torch.set_num_threads(1)  # one process per core already: more threads would oversubscribe
-
-
-def _scan_all(urls: Sequence[str], rules: FilterRules, num_workers: int) -> Iterator[_ShardScan]:
-    """Pass-1 scans in input order, from ``num_workers`` processes (in-process for one)."""
-    workers = min(num_workers, len(urls))
-    if workers <= 1:
-        yield from (_scan_shard(url, rules) for url in urls)
-        return
-    # spawn: the same start method everywhere, and safe with torch's threads (fork is not).
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(
-        max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(rules.clip_score.enabled,)
-    ) as pool:
-        yield from pool.map(_scan_shard, urls, itertools.repeat(rules))
+    # one process per core already: torch (the CLIP scorer) must not start a thread per core too
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
 
 
-def _dedup_and_score(scans: Sequence[_ShardScan], rules: FilterRules, dropped: Counter) -> list[np.ndarray]:
-    """Apply the dataset-level rules in input order; returns one keep mask per shard."""
-    seen_sha256: set[bytes] = set()
-    near_index = HammingIndex(rules.near_dup_hamming) if rules.near_dup_hamming is not None else None
-    masks = []
-    for scan in scans:
-        keep = np.zeros(len(scan.codes), dtype=bool)
-        for i, code in enumerate(scan.codes):
-            if code != _PASSED:
-                dropped[REASONS[code - 1]] += 1
-                continue
-            if rules.exact_dedup:
-                if scan.sha256[i] in seen_sha256:
-                    dropped["exact_duplicate"] += 1
-                    continue
-                seen_sha256.add(scan.sha256[i])
-            if near_index is not None:
-                phash = int(scan.phash[i])
-                if near_index.contains_near(phash):
-                    dropped["near_duplicate"] += 1
-                    continue
-                near_index.add(phash)
-            if rules.clip_score.enabled and scan.clip_scores[i] < rules.clip_score.min_score:
-                dropped["clip_score"] += 1
-                continue
-            keep[i] = True
-        masks.append(keep)
-    return masks
+@dataclass(frozen=True)
+class _WriteTask:
+    """Pass 2 for one output shard: re-read the input shards it draws from and copy its kept
+    samples, members untouched, into ``<output>/<index>.tar``."""
+
+    urls: Sequence[str]
+    output_dir: Path
+    keep_map: Path
+    offsets: np.ndarray
+
+    def __call__(self, item: tuple[int, list[tuple[int, int, int]]]) -> ShardInfo:
+        index, ranges = item
+        keep = np.load(self.keep_map, mmap_mode="r")
+
+        def samples() -> Iterator[dict]:
+            for shard, first, last in ranges:  # kept ranks [first, last) of the shard's kept samples
+                offset, count = int(self.offsets[shard]), int(self.offsets[shard + 1] - self.offsets[shard])
+                kept_positions = np.flatnonzero(keep[offset:offset + count])[first:last]
+                wanted, read = set(kept_positions.tolist()), 0
+                for position, sample in enumerate(iter_shard_samples(self.urls[shard], Counter())):
+                    read = position + 1
+                    if read > count:
+                        break
+                    if position in wanted:
+                        yield {name: value for name, value in sample.items() if name != "__url__"}
+                if read != count:
+                    raise RuntimeError(
+                        f"shard {self.urls[shard]} changed during filtering: {count} samples on the first read, "
+                        f"{'more' if read > count else read} on the second")
+
+        return write_shard(self.output_dir / f"{index:05d}.tar", samples())
 
 
-def _kept_samples(scans: Sequence[_ShardScan], masks: Sequence[np.ndarray]) -> Iterator[dict]:
-    """Pass 2: re-read the input shards and yield the kept samples, members untouched."""
-    for scan, keep in zip(scans, masks):
-        count = 0
-        for index, sample in enumerate(iter_shard_samples(scan.url, Counter())):
-            count = index + 1
-            if count > len(keep):
-                break
-            if keep[index]:
-                yield {name: value for name, value in sample.items() if name != "__url__"}
-        if count != len(keep):
-            raise RuntimeError(
-                f"shard {scan.url} changed during filtering: {len(keep)} samples on the first read, "
-                f"{'more' if count > len(keep) else count} on the second"
-            )
+def _output_plan(kept_per_shard: Sequence[int], samples_per_shard: int) -> list[tuple[int, list[tuple[int, int, int]]]]:
+    """Each output shard's sources: ``(input shard, first, last)`` ranges of kept ranks, in order."""
+    plan: list[tuple[int, list[tuple[int, int, int]]]] = []
+    current: list[tuple[int, int, int]] = []
+    room = samples_per_shard
+    for shard, kept in enumerate(kept_per_shard):
+        taken = 0
+        while taken < kept:
+            step = min(room, kept - taken)
+            current.append((shard, taken, taken + step))
+            taken, room = taken + step, room - step
+            if room == 0:
+                plan.append((len(plan), current))
+                current, room = [], samples_per_shard
+    if current:
+        plan.append((len(plan), current))
+    return plan
+
+
+class _PhaseClock:
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = self.laps.get(name, 0.0) + now - self._last
+        self._last = now
 
 
 def filter_shards(
@@ -404,11 +386,19 @@ def filter_shards(
     rules: FilterRules,
     samples_per_shard: int,
     num_workers: int = 1,
+    executor: ExecutorKind = "processes",
+    scheduler_address: str | None = None,
+    dedup_partitions: int = 16,
+    work_dir: str | Path | None = None,
 ) -> FilterReport:
     """Filter the shards ``urls`` names into ``output_dir/{00000..}.tar`` and report what happened.
 
-    ``urls`` is anything :func:`expand_urls` takes. The output folder is replaced atomically
-    and its bytes do not depend on ``num_workers``.
+    ``urls`` is anything :func:`expand_urls` takes. Pass 1 (one task per input shard) writes
+    each shard's records and dedup partitions to a scratch folder in ``work_dir`` (a shared
+    filesystem for a multi-machine Dask cluster; default: the system's temporary folder); the
+    dedup runs one task per partition (``vtp.data.dedup``); pass 2 writes one output shard per
+    task. The output folder is replaced atomically and its bytes depend neither on the executor
+    nor on ``num_workers`` or ``dedup_partitions``.
     """
     if samples_per_shard < 1:
         raise ValueError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
@@ -417,32 +407,61 @@ def filter_shards(
     if rules.clip_score.enabled:
         _scorer_for(rules.clip_score)  # a missing checkpoint or unknown model fails before any data is read
     shard_urls = expand_urls(urls)
-    log.info("filtering %d shards with %d workers into %s", len(shard_urls), num_workers, output_dir)
+    log.info("filtering %d shards with %d %s workers into %s", len(shard_urls), num_workers, executor, output_dir)
+    clock = _PhaseClock()
+    with tempfile.TemporaryDirectory(prefix="vtp-filter-", dir=work_dir) as scratch, \
+            make_executor(executor, num_workers, scheduler_address, _init_worker) as pool:
+        clock.lap("start workers")
+        layout = DedupLayout(Path(scratch), dedup_partitions, rules.near_dup_hamming)
+        scanned = pool.map(_ScanTask(rules, layout), list(enumerate(shard_urls)))
+        clock.lap("pass 1: scan shards")
+        offsets = np.cumsum([0, *[count for count, _ in scanned]], dtype=np.int64)
+        candidate = byte_map(layout.folder / "candidate.npy", int(offsets[-1]))
+        for shard in range(len(shard_urls)):
+            candidate[offsets[shard]:offsets[shard + 1]] = _records(layout, shard)["codes"] == _PASSED
+        exact, admitted = deduplicate(layout, offsets, candidate, pool.map)
+        clock.lap("dedup")
 
-    scans = list(_scan_all(shard_urls, rules, num_workers))
-    dropped: Counter = Counter()
-    masks = _dedup_and_score(scans, rules, dropped)
-    with atomic_path(output_dir) as tmp:
-        tmp.mkdir()
-        shards = write_shards(tmp, _kept_samples(scans, masks), samples_per_shard)
+        dropped: Counter = Counter()
+        keep = byte_map(layout.folder / "keep.npy", int(offsets[-1]))
+        report_parts: dict[str, list[np.ndarray]] = {name: [] for name in ("widths", "heights", "caption_words", "kept")}
+        for shard in range(len(shard_urls)):
+            records, span = _records(layout, shard), slice(offsets[shard], offsets[shard + 1])
+            codes = records["codes"]
+            dropped.update(REASONS[code - 1] for code in codes[codes != _PASSED])
+            shard_exact, shard_admitted = np.asarray(exact[span], bool), np.asarray(admitted[span], bool)
+            near = (codes == _PASSED) & ~shard_exact & ~shard_admitted
+            low_score = shard_admitted & (records["clip_scores"] < rules.clip_score.min_score
+                                          if rules.clip_score.enabled else False)
+            dropped.update({"exact_duplicate": int(shard_exact.sum()), "near_duplicate": int(near.sum()),
+                            "clip_score": int(low_score.sum())})
+            kept = shard_admitted & ~low_score
+            keep[span] = kept
+            decodable = ~np.isin(codes, _UNDECODABLE_CODES)
+            for name in ("widths", "heights", "caption_words"):
+                report_parts[name].append(records[name][decodable])
+            report_parts["kept"].append(kept[decodable])
+        keep.flush()
+        kept_per_shard = [int(np.count_nonzero(keep[offsets[s]:offsets[s + 1]])) for s in range(len(shard_urls))]
+        with atomic_path(output_dir) as tmp:
+            tmp.mkdir()
+            writer = _WriteTask(shard_urls, tmp, layout.folder / "keep.npy", offsets)
+            clock.lap("verdicts")
+            shards = pool.map(writer, _output_plan(kept_per_shard, samples_per_shard))
+        clock.lap("pass 2: write shards")
 
-    shard_errors: Counter = sum((scan.errors for scan in scans), Counter())
-    codes = np.concatenate([scan.codes for scan in scans])  # expand_urls never returns no shard
-    decodable = ~np.isin(codes, _UNDECODABLE_CODES)
-
-    def decodable_values(name: str) -> np.ndarray:
-        return np.concatenate([getattr(scan, name) for scan in scans])[decodable]
-
+    shard_errors: Counter = sum((Counter(errors) for _, errors in scanned), Counter())
     report = FilterReport(
-        total=len(codes),
-        kept=int(sum(mask.sum() for mask in masks)),
+        total=int(offsets[-1]),
+        kept=sum(kept_per_shard),
         dropped={reason: dropped[reason] for reason in REASONS},
         shard_errors={reason: shard_errors[reason] for reason in SHARD_ERROR_REASONS},
         shards=shards,
-        widths=decodable_values("widths"),
-        heights=decodable_values("heights"),
-        caption_words=decodable_values("caption_words"),
-        kept_mask=np.concatenate(masks)[decodable],
+        widths=np.concatenate(report_parts["widths"]),
+        heights=np.concatenate(report_parts["heights"]),
+        caption_words=np.concatenate(report_parts["caption_words"]),
+        kept_mask=np.concatenate(report_parts["kept"]),
+        seconds=clock.laps,
     )
     log.info("kept %d of %d samples in %d shards; dropped %s", report.kept, report.total, len(shards),
              {reason: count for reason, count in report.dropped.items() if count})

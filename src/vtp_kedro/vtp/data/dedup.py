@@ -1,0 +1,235 @@
+"""Dataset-level deduplication with bounded memory: records on disk, partitioned by hash, verdicts joined.
+
+The rule is the sequential one, sample by sample in input order (global index ``i``):
+
+- *exact duplicate*: an earlier sample that passed the per-sample rules has the same sha256;
+- *near duplicate*: among the samples left, an earlier *near-admitted* one (not an exact or
+  near duplicate itself) lies within ``threshold`` bits of its 64-bit perceptual hash.
+
+A sequential pass needs every hash in memory. Here each record is written to disk once per
+partition it belongs to: one *exact* partition (``sha256 mod P``: exact duplicates meet in one)
+and ``threshold + 1`` *band* partitions (the hash cut into ``threshold + 1`` bands; two hashes
+within ``threshold`` bits agree exactly on at least one band, the pigeonhole argument of
+``HammingIndex``, so near duplicates share at least one band partition). Each partition is then
+a task that needs only its own records:
+
+1. exact tasks return the indices of the exact duplicates (all of a sha256 group but its first);
+2. band tasks return the *edges* ``(i, j)``, ``j < i``, between candidate samples that share a
+   band value and lie within ``threshold`` bits;
+3. the join walks the edges in increasing ``i`` and decides ``admitted[i] = not any(admitted[j])``
+   (every ``j < i`` is decided by then): the sequential rule, exactly, since a sample's verdict
+   depends only on its earlier neighbours.
+
+The verdict arrays are memory-mapped files of one byte per sample; a worker holds one partition.
+The result is the same for any number of workers and partitions.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vtp_kedro.vtp.io import atomic_path
+
+EXACT_DIR, BAND_DIR, EDGE_DIR = "exact", "bands", "edges"
+_EXACT = np.dtype([("index", "<i8"), ("sha256", "S32")])
+_BAND = np.dtype([("index", "<i8"), ("band", "<u8"), ("phash", "<u8")])  # band: band id << 56 | value
+_EDGE = np.dtype([("i", "<i8"), ("j", "<i8")])
+_BLOCK = 2048  # rows of a band group compared at once: a block's distance matrix stays a few MB
+
+
+def pigeonhole_bands(threshold: int) -> list[tuple[int, int]]:
+    """``threshold + 1`` (shift, mask) pairs covering the 64 bits, as even as possible."""
+    if not 0 <= threshold <= 63:
+        raise ValueError(f"threshold must be in 0..63, got {threshold}")
+    widths = [64 // (threshold + 1) + (i < 64 % (threshold + 1)) for i in range(threshold + 1)]
+    starts = itertools.accumulate(widths, initial=0)
+    return [(start, (1 << width) - 1) for start, width in zip(starts, widths)]
+
+
+@dataclass(frozen=True)
+class DedupLayout:
+    """Where one dedup's partitions live and how records are spread over them."""
+
+    folder: Path
+    partitions: int
+    threshold: int | None  # None: no near-duplicate rule
+
+    def __post_init__(self) -> None:
+        if self.partitions < 1:
+            raise ValueError(f"partitions must be >= 1, got {self.partitions}")
+
+    def part(self, kind: str, partition: int, shard: int) -> Path:
+        return self.folder / kind / f"p{partition:05d}" / f"s{shard:07d}.npy"
+
+    def parts(self, kind: str, partition: int) -> list[Path]:
+        return sorted((self.folder / kind / f"p{partition:05d}").glob("s*.npy"))
+
+
+def _save(path: Path, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, array)
+
+
+def sample_key(shard: int, positions: np.ndarray) -> np.ndarray:
+    """``shard << 32 | position``: ordered as the input is, and known to a shard's task before the
+    other shards are counted (``dense_index`` turns it into the global index)."""
+    return (np.int64(shard) << np.int64(32)) | positions.astype(np.int64)
+
+
+def dense_index(keys: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Global indices of ``sample_key``s, ``offsets[s]`` being shard ``s``'s first one."""
+    return offsets[keys >> np.int64(32)] + (keys & np.int64(0xFFFFFFFF))
+
+
+def write_partitions(layout: DedupLayout, shard: int, candidates: np.ndarray,
+                     sha256: Sequence[bytes] | None, phash: np.ndarray) -> None:
+    """Spread one shard's candidate samples (those that passed the per-sample rules) over the
+    partitions; ``candidates`` are their positions in the shard, ``sha256`` and ``phash`` the
+    whole shard's (``sha256`` None: no exact rule).
+
+    Every (partition, shard) file is written, empty ones too, atomically: a shard task that is
+    retried rewrites its files and nothing is counted twice."""
+    index = sample_key(shard, candidates)
+    P = layout.partitions
+    if sha256 is not None:
+        digests = np.array([sha256[c] for c in candidates], dtype="S32")
+        owner = np.array([int.from_bytes(d[:8], "little") % P for d in digests], dtype=np.int64)
+        for p in range(P):
+            chosen = owner == p
+            records = np.empty(int(chosen.sum()), dtype=_EXACT)
+            records["index"], records["sha256"] = index[chosen], digests[chosen]
+            _save(layout.part(EXACT_DIR, p, shard), records)
+    if layout.threshold is not None:
+        hashes = phash[candidates].astype(np.uint64)
+        per_partition: list[list[np.ndarray]] = [[] for _ in range(P)]
+        for band, (shift, mask) in enumerate(pigeonhole_bands(layout.threshold)):
+            value = (hashes >> np.uint64(shift)) & np.uint64(mask)
+            key = (np.uint64(band) << np.uint64(56)) | value
+            records = np.empty(len(index), dtype=_BAND)
+            records["index"], records["band"], records["phash"] = index, key, hashes
+            owner = (_mix(key) % np.uint64(P)).astype(np.int64)
+            for p in range(P):
+                per_partition[p].append(records[owner == p])
+        for p in range(P):
+            _save(layout.part(BAND_DIR, p, shard), np.concatenate(per_partition[p]))
+
+
+def _mix(values: np.ndarray) -> np.ndarray:
+    """A 64-bit integer mix (splitmix64's finaliser), so that band values spread evenly over partitions."""
+    with np.errstate(over="ignore"):
+        z = values.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def _load(paths: Iterable[Path], dtype: np.dtype) -> np.ndarray:
+    arrays = [np.load(path) for path in paths]
+    return np.concatenate(arrays) if arrays else np.empty(0, dtype=dtype)
+
+
+def exact_duplicates(layout: DedupLayout, partition: int, offsets: np.ndarray) -> np.ndarray:
+    """Task: the global indices of one exact partition's duplicates (every sample of a sha256
+    group but the earliest), sorted."""
+    records = _load(layout.parts(EXACT_DIR, partition), _EXACT)
+    records["index"] = dense_index(records["index"], offsets)
+    order = np.lexsort((records["index"], records["sha256"]))
+    digests, index = records["sha256"][order], records["index"][order]
+    repeated = np.zeros(len(index), dtype=bool)
+    repeated[1:] = digests[1:] == digests[:-1]
+    return np.sort(index[repeated])
+
+
+def near_edges(layout: DedupLayout, partition: int, offsets: np.ndarray, excluded: np.ndarray) -> int:
+    """Task: write one band partition's edges ``(i, j)``, ``j < i``, between samples that share a
+    band value and lie within the threshold (samples flagged in the ``excluded`` byte map, the exact
+    duplicates, take no part), sorted by ``(i, j)``; returns how many."""
+    records = _load(layout.parts(BAND_DIR, partition), _BAND)
+    records["index"] = dense_index(records["index"], offsets)
+    records = records[excluded[records["index"]] == 0]
+    records = records[np.lexsort((records["index"], records["band"]))]
+    starts = np.flatnonzero(np.r_[True, records["band"][1:] != records["band"][:-1]])
+    sizes = np.diff(np.r_[starts, len(records)])
+    edges = []
+    for start, size in zip(starts[sizes > 1], sizes[sizes > 1]):
+        group = records[start:start + size]
+        for block in range(0, size, _BLOCK):  # rows [block, block + _BLOCK) against all earlier rows
+            rows = group[block:block + _BLOCK]
+            distance = np.bitwise_count(rows["phash"][:, None] ^ group["phash"][None, :block + len(rows)])
+            close = distance <= layout.threshold
+            close &= np.arange(block + len(rows))[None, :] < np.arange(block, block + len(rows))[:, None]
+            later, earlier = np.nonzero(close)
+            found = np.empty(len(later), dtype=_EDGE)
+            found["i"], found["j"] = rows["index"][later], group["index"][earlier]
+            edges.append(found)
+    found = np.concatenate(edges) if edges else np.empty(0, dtype=_EDGE)
+    found = np.unique(found)  # sorted by (i, j); a pair that shares two bands is one edge
+    _save(layout.folder / EDGE_DIR / f"p{partition:05d}.npy", found)
+    return len(found)
+
+
+def _edges_in_order(layout: DedupLayout) -> Iterator[tuple[int, int]]:
+    """Every partition's edges merged in increasing ``(i, j)``, streamed from memory-mapped files."""
+    files = sorted((layout.folder / EDGE_DIR).glob("p*.npy"))
+    streams = [((int(i), int(j)) for i, j in np.load(path, mmap_mode="r")) for path in files]
+    return heapq.merge(*streams)
+
+
+def byte_map(path: Path, size: int) -> np.memmap:
+    """A zeroed uint8 array of ``size`` entries backed by ``path`` (the OS pages it, not the heap)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(max(size, 1),))
+
+
+MapTasks = Callable[[Callable, Sequence], list]
+
+
+def deduplicate(layout: DedupLayout, offsets: np.ndarray, candidate: np.ndarray,
+                map_tasks: MapTasks) -> tuple[np.memmap, np.memmap]:
+    """Exact and near verdicts of the samples whose per-sample rules passed where the byte map
+    ``candidate`` is 1; ``offsets`` holds each shard's first global index and, last, the total.
+    ``map_tasks(fn, items)`` runs a partition's task on each item (a process pool, a Dask cluster).
+    Returns the byte maps ``exact`` (1: exact duplicate) and ``admitted`` (1: a candidate that is
+    neither an exact nor a near duplicate)."""
+    partitions, total = list(range(layout.partitions)), int(offsets[-1])
+    exact = byte_map(layout.folder / "exact_duplicate.npy", total)
+    if (layout.folder / EXACT_DIR).is_dir():
+        for dropped in map_tasks(_ExactTask(layout, offsets), partitions):
+            exact[dropped] = 1
+        exact.flush()
+    admitted = byte_map(layout.folder / "admitted.npy", total)
+    admitted[:total] = candidate[:total] & (1 - exact[:total])
+    if layout.threshold is not None:
+        map_tasks(_NearTask(layout, offsets, layout.folder / "exact_duplicate.npy"), partitions)
+        for i, neighbours in itertools.groupby(_edges_in_order(layout), key=lambda edge: edge[0]):
+            if admitted[i] and any(admitted[j] for _, j in neighbours):
+                admitted[i] = 0
+    admitted.flush()
+    return exact, admitted
+
+
+@dataclass(frozen=True)
+class _ExactTask:
+    """Picklable partition task (a process pool or a Dask worker runs it)."""
+
+    layout: DedupLayout
+    offsets: np.ndarray
+
+    def __call__(self, partition: int) -> np.ndarray:
+        return exact_duplicates(self.layout, partition, self.offsets)
+
+
+@dataclass(frozen=True)
+class _NearTask:
+    layout: DedupLayout
+    offsets: np.ndarray
+    exact_map: Path
+
+    def __call__(self, partition: int) -> int:
+        return near_edges(self.layout, partition, self.offsets, np.load(self.exact_map, mmap_mode="r"))
