@@ -18,5 +18,6 @@ def test_run_all_prints_one_row_per_target_with_its_ratio() -> None:
     assert result.returncode == 0, result.stderr
     table = result.stdout.split("stage ")[-1].splitlines()
     assert table[0].split() == ["measure", "measured", "target", "ratio"]
-    (row,) = [line for line in table if line.startswith("data_filtering")]
-    assert "2 workers / 1 worker (samples/s)" in row and ">= 1.6" in row
+    rows = [line for line in table if line.startswith("data_filtering")]
+    assert [row.split()[1] for row in rows] == ["processes:", "dask:"]
+    assert all("2 workers / 1 worker (samples/s)" in row and ">= 1.6" in row for row in rows)

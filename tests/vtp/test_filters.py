@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -176,7 +177,11 @@ def test_the_dask_executor_gives_the_process_pool_output(tmp_path: Path) -> None
     urls = _multi_shard_input(tmp_path)
     rules = FilterRules(near_dup_hamming=10)
     pool = filter_shards(urls, tmp_path / "pool", rules, samples_per_shard=7, num_workers=2)
+    environ = dict(os.environ)
     dask = filter_shards(urls, tmp_path / "dask", rules, samples_per_shard=7, num_workers=2, executor="dask")
+    # Dask's nannies set OMP_NUM_THREADS=1 and more in the caller's environment; left there, a
+    # later torchrun would train on one thread (different numbers). The executor puts it back.
+    assert dict(os.environ) == environ
     assert dask.to_dict() == pool.to_dict() and _digests(tmp_path / "dask") == _digests(tmp_path / "pool")
     for name in ("widths", "heights", "caption_words", "kept_mask"):
         np.testing.assert_array_equal(getattr(dask, name), getattr(pool, name))

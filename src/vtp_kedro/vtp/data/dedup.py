@@ -64,11 +64,13 @@ class DedupLayout:
         if self.partitions < 1:
             raise ValueError(f"partitions must be >= 1, got {self.partitions}")
 
-    def part(self, kind: str, partition: int, shard: int) -> Path:
-        return self.folder / kind / f"p{partition:05d}" / f"s{shard:07d}.npy"
+    def shard_dir(self, kind: str, shard: int) -> Path:
+        """One shard's files of one kind, one per partition (written together, atomically)."""
+        return self.folder / kind / f"s{shard:07d}"
 
     def parts(self, kind: str, partition: int) -> list[Path]:
-        return sorted((self.folder / kind / f"p{partition:05d}").glob("s*.npy"))
+        """Every shard's file of one partition."""
+        return sorted((self.folder / kind).glob(f"s*/p{partition:05d}.npy"))
 
 
 def _save(path: Path, array: np.ndarray) -> None:
@@ -93,18 +95,20 @@ def write_partitions(layout: DedupLayout, shard: int, candidates: np.ndarray,
     partitions; ``candidates`` are their positions in the shard, ``sha256`` and ``phash`` the
     whole shard's (``sha256`` None: no exact rule).
 
-    Every (partition, shard) file is written, empty ones too, atomically: a shard task that is
-    retried rewrites its files and nothing is counted twice."""
+    A shard's files of each kind, one per partition (empty ones too), appear together in one
+    atomic rename: a shard task that is retried replaces them and nothing is counted twice."""
     index = sample_key(shard, candidates)
     P = layout.partitions
     if sha256 is not None:
         digests = np.array([sha256[c] for c in candidates], dtype="S32")
         owner = np.array([int.from_bytes(d[:8], "little") % P for d in digests], dtype=np.int64)
-        for p in range(P):
-            chosen = owner == p
-            records = np.empty(int(chosen.sum()), dtype=_EXACT)
-            records["index"], records["sha256"] = index[chosen], digests[chosen]
-            _save(layout.part(EXACT_DIR, p, shard), records)
+        with atomic_path(layout.shard_dir(EXACT_DIR, shard)) as folder:
+            folder.mkdir()
+            for p in range(P):
+                chosen = owner == p
+                records = np.empty(int(chosen.sum()), dtype=_EXACT)
+                records["index"], records["sha256"] = index[chosen], digests[chosen]
+                np.save(folder / f"p{p:05d}.npy", records)
     if layout.threshold is not None:
         hashes = phash[candidates].astype(np.uint64)
         per_partition: list[list[np.ndarray]] = [[] for _ in range(P)]
@@ -116,8 +120,10 @@ def write_partitions(layout: DedupLayout, shard: int, candidates: np.ndarray,
             owner = (_mix(key) % np.uint64(P)).astype(np.int64)
             for p in range(P):
                 per_partition[p].append(records[owner == p])
-        for p in range(P):
-            _save(layout.part(BAND_DIR, p, shard), np.concatenate(per_partition[p]))
+        with atomic_path(layout.shard_dir(BAND_DIR, shard)) as folder:
+            folder.mkdir()
+            for p in range(P):
+                np.save(folder / f"p{p:05d}.npy", np.concatenate(per_partition[p]))
 
 
 def _mix(values: np.ndarray) -> np.ndarray:

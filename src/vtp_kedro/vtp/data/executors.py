@@ -16,6 +16,7 @@ context managers that start their workers once for every pass of a run.
 from __future__ import annotations
 
 import multiprocessing
+import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Literal, Protocol
@@ -64,10 +65,15 @@ class DaskExecutor:
         self.initializer = initializer
         self._client: Any = None
         self._cluster: Any = None
+        self._environ: dict[str, str] | None = None
 
     def __enter__(self) -> DaskExecutor:
         from dask.distributed import Client, LocalCluster  # imported only when asked for
 
+        # A LocalCluster's nannies write their workers' settings (OMP_NUM_THREADS=1, ...) into this
+        # process's os.environ; left there, every later subprocess (a torchrun training) would run
+        # on one thread and compute different numbers. The environment is put back on exit.
+        self._environ = dict(os.environ)
         if self.scheduler_address is None:
             # one thread per worker process: the tasks are CPU-bound Python (decode, hash)
             self._cluster = LocalCluster(n_workers=self.num_workers, threads_per_worker=1, processes=True,
@@ -89,6 +95,10 @@ class DaskExecutor:
         if self._cluster is not None:
             self._cluster.close()
         self._client = self._cluster = None
+        if self._environ is not None:
+            os.environ.clear()
+            os.environ.update(self._environ)
+            self._environ = None
 
     def map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
         if not items:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import itertools
 import logging
 import sys
 import tempfile
@@ -260,7 +261,7 @@ class _ScanTask:
         shard, url = item
         rules = self.rules
         errors: Counter = Counter()
-        codes, widths, heights, words, digests, phashes = [], [], [], [], [], []
+        codes, widths, heights, words, digests, phashes, keys = [], [], [], [], [], [], []
         scores: list[float] = []
         scorer = _scorer_for(rules.clip_score) if rules.clip_score.enabled else None
         # Samples awaiting a CLIP batch, preprocessed at once: small tensors, not full-size pictures.
@@ -273,6 +274,7 @@ class _ScanTask:
             pending.clear()
 
         for sample in iter_shard_samples(url, errors):
+            keys.append(_key_hash(sample["__key__"]))
             reason, image, caption = check_sample(sample, rules)
             codes.append(_PASSED if reason is None else REASONS.index(reason) + 1)
             widths.append(image.size[0] if image is not None else 0)
@@ -292,7 +294,7 @@ class _ScanTask:
         with atomic_path(self.layout.folder / RECORDS_DIR / f"s{shard:07d}.npz") as tmp, open(tmp, "wb") as handle:
             np.savez(handle, codes=codes_array, widths=np.asarray(widths, dtype=np.int32),
                      heights=np.asarray(heights, dtype=np.int32), caption_words=np.asarray(words, dtype=np.int32),
-                     clip_scores=np.asarray(scores, dtype=np.float32))
+                     clip_scores=np.asarray(scores, dtype=np.float32), key_hashes=np.asarray(keys, dtype=np.uint64))
         write_partitions(self.layout, shard, np.flatnonzero(codes_array == _PASSED),
                          digests if rules.exact_dedup else None, np.asarray(phashes, dtype=np.uint64))
         return len(codes), dict(errors)
@@ -317,37 +319,51 @@ def _init_worker() -> None:
         sys.modules["torch"].set_num_threads(1)
 
 
+def _key_hash(key: str) -> int:
+    """8 bytes naming a sample, so that pass 2 can tell a shard changed since pass 1."""
+    return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "little")
+
+
 @dataclass(frozen=True)
 class _WriteTask:
-    """Pass 2 for one output shard: re-read the input shards it draws from and copy its kept
-    samples, members untouched, into ``<output>/<index>.tar``."""
+    """Pass 2 for a run of consecutive output shards: read each input shard they draw from once, up
+    to its last kept sample, and copy the kept samples, members untouched, into ``<output>/<index>.tar``."""
 
     urls: Sequence[str]
     output_dir: Path
-    keep_map: Path
+    layout: DedupLayout
     offsets: np.ndarray
 
-    def __call__(self, item: tuple[int, list[tuple[int, int, int]]]) -> ShardInfo:
-        index, ranges = item
-        keep = np.load(self.keep_map, mmap_mode="r")
+    def __call__(self, outputs: list[tuple[int, list[tuple[int, int, int]]]]) -> list[ShardInfo]:
+        keep = np.load(self.layout.folder / "keep.npy", mmap_mode="r")
+        wanted: dict[int, np.ndarray] = {}  # input shard -> its kept positions this run writes
+        for _, ranges in outputs:
+            for shard, first, last in ranges:
+                span = slice(int(self.offsets[shard]), int(self.offsets[shard + 1]))
+                positions = np.flatnonzero(keep[span])[first:last]
+                wanted[shard] = np.concatenate([wanted.get(shard, np.empty(0, np.int64)), positions])
+        stream = self._kept_samples(wanted)  # one pass over the inputs, in output order
+        return [write_shard(self.output_dir / f"{index:05d}.tar",
+                            itertools.islice(stream, sum(last - first for _, first, last in ranges)))
+                for index, ranges in outputs]
 
-        def samples() -> Iterator[dict]:
-            for shard, first, last in ranges:  # kept ranks [first, last) of the shard's kept samples
-                offset, count = int(self.offsets[shard]), int(self.offsets[shard + 1] - self.offsets[shard])
-                kept_positions = np.flatnonzero(keep[offset:offset + count])[first:last]
-                wanted, read = set(kept_positions.tolist()), 0
-                for position, sample in enumerate(iter_shard_samples(self.urls[shard], Counter())):
-                    read = position + 1
-                    if read > count:
-                        break
-                    if position in wanted:
-                        yield {name: value for name, value in sample.items() if name != "__url__"}
-                if read != count:
-                    raise RuntimeError(
-                        f"shard {self.urls[shard]} changed during filtering: {count} samples on the first read, "
-                        f"{'more' if read > count else read} on the second")
-
-        return write_shard(self.output_dir / f"{index:05d}.tar", samples())
+    def _kept_samples(self, wanted: dict[int, np.ndarray]) -> Iterator[dict]:
+        for shard in sorted(wanted):
+            positions, expected = wanted[shard], _records(self.layout, shard)["key_hashes"]
+            todo = iter(positions.tolist())
+            target = next(todo, None)
+            for position, sample in enumerate(iter_shard_samples(self.urls[shard], Counter())):
+                if target is None:
+                    break
+                if position == target:
+                    if _key_hash(sample["__key__"]) != int(expected[position]):
+                        raise RuntimeError(f"shard {self.urls[shard]} changed during filtering: sample {position} "
+                                           f"is {sample['__key__']!r}, another key on the first read")
+                    yield {name: value for name, value in sample.items() if name != "__url__"}
+                    target = next(todo, None)
+            if target is not None:
+                raise RuntimeError(f"shard {self.urls[shard]} changed during filtering: it ends before sample "
+                                   f"{target}, which the first read found")
 
 
 def _output_plan(kept_per_shard: Sequence[int], samples_per_shard: int) -> list[tuple[int, list[tuple[int, int, int]]]]:
@@ -445,9 +461,13 @@ def filter_shards(
         kept_per_shard = [int(np.count_nonzero(keep[offsets[s]:offsets[s + 1]])) for s in range(len(shard_urls))]
         with atomic_path(output_dir) as tmp:
             tmp.mkdir()
-            writer = _WriteTask(shard_urls, tmp, layout.folder / "keep.npy", offsets)
+            plan = _output_plan(kept_per_shard, samples_per_shard)
+            runs = max(1, min(len(plan), 4 * num_workers))  # a few runs per worker: balance, few boundary re-reads
+            size = -(-len(plan) // runs) if plan else 1
             clock.lap("verdicts")
-            shards = pool.map(writer, _output_plan(kept_per_shard, samples_per_shard))
+            written = pool.map(_WriteTask(shard_urls, tmp, layout, offsets),
+                               [plan[start:start + size] for start in range(0, len(plan), size)])
+            shards = [info for run in written for info in run]
         clock.lap("pass 2: write shards")
 
     shard_errors: Counter = sum((Counter(errors) for _, errors in scanned), Counter())

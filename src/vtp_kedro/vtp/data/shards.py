@@ -52,20 +52,31 @@ class ShardInfo:
     sha256: str
 
 
-def write_shard(path: str | Path, samples: Iterable[Mapping[str, bytes | str]]) -> ShardInfo:
-    """Write ``samples`` (dicts with ``__key__`` and extension -> bytes) to one tar, atomically."""
-    # Imported here: webdataset imports torch (~1.5 s), which the filtering workers, that only
-    # read shards, should not pay for at start-up.
-    import webdataset as wds
+# The tar layout of webdataset's TarWriter(encoder=False, mtime=0), which wrote every shard of this
+# project before: members "<key>.<ext>" in sorted extension order, mode 0o444, owner "bigdata",
+# mtime 0, tarfile's default (PAX) format in stream mode. Written here with tarfile itself because
+# importing webdataset imports torch (~1.5 s), which every filtering worker would pay to write a tar.
+_MEMBER_MODE, _MEMBER_OWNER = 0o444, "bigdata"
 
+
+def write_shard(path: str | Path, samples: Iterable[Mapping[str, bytes | str]]) -> ShardInfo:
+    """Write ``samples`` (dicts with ``__key__`` and extension -> bytes) to one tar, atomically;
+    identical samples give identical bytes."""
     path = Path(path)
     buffer = io.BytesIO()
     count = 0
-    # encoder=False: members are written as the raw bytes given; mtime fixed so bytes are reproducible.
-    with wds.TarWriter(buffer, encoder=False, mtime=0) as writer:
+    with tarfile.open(fileobj=buffer, mode="w|") as tar:
         for sample in samples:
-            writer.write({k: v.encode("utf-8") if isinstance(v, str) and k != "__key__" else v
-                          for k, v in sample.items()})
+            key = sample["__key__"]
+            for ext in sorted(sample):
+                if ext.startswith("_"):
+                    continue
+                value = sample[ext]
+                data = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size, info.mtime, info.mode = len(data), 0, _MEMBER_MODE
+                info.uname = info.gname = _MEMBER_OWNER
+                tar.addfile(info, io.BytesIO(data))
             count += 1
     data = buffer.getvalue()
     with atomic_path(path) as tmp:
