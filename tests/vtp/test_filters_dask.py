@@ -49,26 +49,33 @@ def test_a_worker_killed_mid_shard_changes_nothing(tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()
     killed: dict[str, int] = {}
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-            Client(cluster) as client:
+    # this cluster's nannies set OMP_NUM_THREADS=1 (and more) in os.environ: put back afterwards, or
+    # every later test's training subprocess would run on one thread (and compute other numbers)
+    environ = dict(os.environ)
+    try:
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+                Client(cluster) as client:
 
-        def kill_a_busy_worker() -> None:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and not killed:
-                records = list(work.glob("*/records/*.npz"))
-                busy = [address for address, tasks in client.processing().items() if tasks]
-                if records and busy:  # pass 1 has started and a worker holds a shard task
-                    pids = client.run(os.getpid)
-                    os.kill(pids[busy[0]], signal.SIGKILL)
-                    killed["after_shards"] = len(records)
-                    return
-                time.sleep(0.02)
+            def kill_a_busy_worker() -> None:
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline and not killed:
+                    records = list(work.glob("*/records/*.npz"))
+                    busy = [address for address, tasks in client.processing().items() if tasks]
+                    if records and busy:  # pass 1 has started and a worker holds a shard task
+                        pids = client.run(os.getpid)
+                        os.kill(pids[busy[0]], signal.SIGKILL)
+                        killed["after_shards"] = len(records)
+                        return
+                    time.sleep(0.02)
 
-        killer = threading.Thread(target=kill_a_busy_worker)
-        killer.start()
-        report = filter_shards(urls, tmp_path / "dask", rules, samples_per_shard=50, num_workers=2,
-                               executor="dask", scheduler_address=cluster.scheduler_address, work_dir=work)
-        killer.join()
+            killer = threading.Thread(target=kill_a_busy_worker)
+            killer.start()
+            report = filter_shards(urls, tmp_path / "dask", rules, samples_per_shard=50, num_workers=2,
+                                   executor="dask", scheduler_address=cluster.scheduler_address, work_dir=work)
+            killer.join()
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
     assert killed and killed["after_shards"] < SHARDS  # it died during pass 1
     assert report.to_dict() == expected.to_dict()
     assert report.total == SHARDS * (PER_SHARD + 1) and report.dropped["exact_duplicate"] == SHARDS
