@@ -20,6 +20,8 @@ from kedro.pipeline.node import Node
 from kedro_mlflow.framework.hooks.mlflow_hook import MlflowHook
 from pydantic import BaseModel
 
+from vtp_kedro.vtp.io import is_url
+
 DEFAULT_TRACKING_DB = "mlflow.db"
 
 
@@ -117,7 +119,8 @@ def dataset_path(catalog: CatalogProtocol, name: str) -> Path | None:
     described = catalog.get(name)._describe()
     nested = described.get("dataset") if isinstance(described.get("dataset"), dict) else {}
     path = described.get("filepath") or described.get("path") or nested.get("filepath") or nested.get("path")
-    return None if path is None else Path(path)
+    # an fsspec URL (filtered shards on s3://) is not on this disk: not digested, not checked here
+    return None if path is None or is_url(path) else Path(path)
 
 
 def data_digests(pipeline: Pipeline, catalog: CatalogProtocol, project: Path) -> dict[str, dict[str, Any]]:

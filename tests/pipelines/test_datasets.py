@@ -30,6 +30,16 @@ def test_folder_dataset_writes_atomically_and_replaces(tmp_path: Path) -> None:
         dataset.save(b"not a writer")
 
 
+def test_a_folder_dataset_at_an_fsspec_url_hands_the_writer_the_url() -> None:
+    import fsspec
+
+    dataset = FolderDataset("memory://bucket/filtered")
+    assert dataset.load() == "memory://bucket/filtered" and not dataset.exists()
+    fs = fsspec.filesystem("memory")
+    dataset.save(lambda url: fs.pipe_file(f"{url.removeprefix('memory://')}/00000.tar", b"1"))
+    assert dataset.exists() and fs.cat_file("bucket/filtered/00000.tar") == b"1"
+
+
 def test_checkpoint_dataset_round_trip(tmp_path: Path) -> None:
     tied = torch.randn(3, 2)
     checkpoint = {

@@ -14,15 +14,21 @@ import pydantic
 import pytest
 from PIL import Image
 
-from vtp_kedro.vtp.data.filter_report import plot_caption_length_histogram, plot_resolution_histogram
+from vtp_kedro.vtp.data.filter_report import (
+    plot_caption_length_histogram,
+    plot_resolution_histogram,
+    read_filter_report,
+    write_filter_report,
+)
 from vtp_kedro.vtp.data.filters import (
     REASONS,
     ClipScorer,
     ClipScoreRule,
+    FilterReport,
     FilterRules,
     filter_shards,
 )
-from vtp_kedro.vtp.data.shards import iter_shard_samples, write_shard
+from vtp_kedro.vtp.data.shards import ShardInfo, iter_shard_samples, write_shard
 
 CAPTION = "a red circle on a grey background"
 
@@ -201,6 +207,38 @@ def test_output_is_atomic_and_replaces_earlier_run(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["00000.tar", "00001.tar"]
     assert [info.samples for info in second.shards] == [5, 4]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out"]  # no temporary folders left
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_output_to_an_fsspec_url_equals_the_local_output_and_replaces_an_earlier_one(tmp_path: Path,
+                                                                                    workers: int) -> None:
+    """file:// goes through fsspec as s3:// would (one upload per shard, the report last)."""
+    urls = _multi_shard_input(tmp_path)
+    rules = FilterRules(near_dup_hamming=10)
+    local = filter_shards(urls, tmp_path / "local", rules, samples_per_shard=7)
+    url = f"file://{tmp_path}/bucket/filtered"
+    (tmp_path / "bucket/filtered").mkdir(parents=True)
+    (tmp_path / "bucket/filtered/00099.tar").write_bytes(b"an earlier run's shard")
+    (tmp_path / "bucket/filtered/filter_report.json").write_text("{}")
+    remote = filter_shards(urls, url, rules, samples_per_shard=7, num_workers=workers)
+    write_filter_report(remote, url)
+    assert remote.to_dict() == local.to_dict()
+    assert _digests(tmp_path / "bucket/filtered") == _digests(tmp_path / "local")
+    assert read_filter_report(url).to_dict() == local.to_dict()
+    assert sorted(p.name for p in (tmp_path / "bucket").iterdir()) == ["filtered"]
+
+
+def test_a_filter_report_round_trips_through_memory_fs() -> None:
+    report = FilterReport(total=3, kept=2, dropped={r: 0 for r in REASONS}, shard_errors={},
+                          shards=[ShardInfo("00000.tar", 2, "ab")], widths=np.array([4, 5, 6]),
+                          heights=np.array([4, 5, 6]), caption_words=np.array([1, 2, 3]),
+                          kept_mask=np.array([True, False, True]))
+    write_filter_report(report, "memory://filtered")
+    again = read_filter_report("memory://filtered")
+    assert again.to_dict() == report.to_dict()
+    np.testing.assert_array_equal(again.kept_mask, report.kept_mask)
+    with pytest.raises(FileNotFoundError, match="no filter report memory://elsewhere/filter_report.json"):
+        read_filter_report("memory://elsewhere")
 
 
 def test_bad_shards_are_counted_and_the_run_goes_on(tmp_path: Path) -> None:

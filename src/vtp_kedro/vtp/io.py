@@ -13,6 +13,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def is_url(path: str | os.PathLike) -> bool:
+    """True for an fsspec URL (``s3://``, ``gs://``, ``file://``, ``memory://``), which is written
+    through fsspec object by object; a plain path is local and renamed into place."""
+    return "://" in str(path)
+
+
+def join(folder: str | os.PathLike, name: str) -> str | Path:
+    """``folder/name`` for a local folder (a Path) or an fsspec URL (a string: Path would fold ``//``)."""
+    return f"{str(folder).rstrip('/')}/{name}" if is_url(folder) else Path(folder) / name
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling path to write to; rename it onto ``path`` only on success.

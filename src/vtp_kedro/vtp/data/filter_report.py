@@ -6,39 +6,49 @@ touches global state and no display backend is needed; save them with ``fig.save
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
+import fsspec
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from vtp_kedro.vtp.data.filters import FilterReport
 from vtp_kedro.vtp.data.shards import ShardInfo
-from vtp_kedro.vtp.io import atomic_path
+from vtp_kedro.vtp.io import atomic_path, is_url, join
 
 REPORT_FILE = "filter_report.json"
 STATS_FILE = "filter_stats.npz"
 
 
 def write_filter_report(report: FilterReport, folder: str | Path) -> None:
-    """Store the report beside the shards it describes (``*.tar`` globs do not pick these up)."""
-    folder = Path(folder)
-    with atomic_path(folder / REPORT_FILE) as tmp:
-        tmp.write_text(json.dumps(report.to_dict(), indent=2, sort_keys=True))
-    with atomic_path(folder / STATS_FILE) as tmp, open(tmp, "wb") as file:
-        np.savez_compressed(file, widths=report.widths, heights=report.heights,
-                            caption_words=report.caption_words, kept_mask=report.kept_mask)
+    """Store the report beside the shards it describes (``*.tar`` globs do not pick these up).
+
+    ``folder`` may be an fsspec URL; the report goes last, since it marks the output complete."""
+    stats = io.BytesIO()
+    np.savez_compressed(stats, widths=report.widths, heights=report.heights,
+                        caption_words=report.caption_words, kept_mask=report.kept_mask)
+    text = json.dumps(report.to_dict(), indent=2, sort_keys=True).encode()
+    for name, data in ((STATS_FILE, stats.getvalue()), (REPORT_FILE, text)):
+        if is_url(folder):
+            fs, path = fsspec.core.url_to_fs(str(join(folder, name)))
+            fs.pipe_file(path, data)
+        else:
+            with atomic_path(Path(folder) / name) as tmp:
+                tmp.write_bytes(data)
 
 
 def read_filter_report(folder: str | Path) -> FilterReport:
-    """The report ``write_filter_report`` stored in ``folder``."""
-    folder = Path(folder)
-    path = folder / REPORT_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"no filter report {path}: is {folder} the output of the data_filtering pipeline?")
-    counts = json.loads(path.read_text())
-    with np.load(folder / STATS_FILE) as stats:
+    """The report ``write_filter_report`` stored in ``folder`` (a path or an fsspec URL)."""
+    path = join(folder, REPORT_FILE)
+    fs, fs_path = fsspec.core.url_to_fs(str(path))
+    if not fs.isfile(fs_path):
+        raise FileNotFoundError(f"no filter report {path}: is {folder} the output of the data_filtering pipeline "
+                                "(and did that run finish)?")
+    counts = json.loads(fs.cat_file(fs_path))
+    with fsspec.open(str(join(folder, STATS_FILE)), "rb") as file, np.load(io.BytesIO(file.read())) as stats:
         return FilterReport(
             total=counts["total"], kept=counts["kept"], dropped=counts["dropped"],
             shard_errors=counts["shard_errors"], shards=[ShardInfo(**s) for s in counts["shards"]],

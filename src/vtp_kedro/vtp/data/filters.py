@@ -16,6 +16,7 @@ process pool or a Dask cluster), and memory stays bounded on any dataset size:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
@@ -31,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import imagehash
 import numpy as np
 from PIL import Image
@@ -41,12 +43,13 @@ from vtp_kedro.vtp.data.dedup import DedupLayout, byte_map, deduplicate, write_p
 from vtp_kedro.vtp.data.executors import ExecutorKind, make_executor
 from vtp_kedro.vtp.data.shards import (
     SHARD_ERROR_REASONS,
+    SHARD_MANIFEST,
     ShardInfo,
     expand_urls,
     iter_shard_samples,
     write_shard,
 )
-from vtp_kedro.vtp.io import atomic_path
+from vtp_kedro.vtp.io import atomic_path, is_url, join
 
 log = logging.getLogger(__name__)
 
@@ -330,7 +333,7 @@ class _WriteTask:
     to its last kept sample, and copy the kept samples, members untouched, into ``<output>/<index>.tar``."""
 
     urls: Sequence[str]
-    output_dir: Path
+    output_dir: str | Path
     layout: DedupLayout
     offsets: np.ndarray
 
@@ -343,7 +346,7 @@ class _WriteTask:
                 positions = np.flatnonzero(keep[span])[first:last]
                 wanted[shard] = np.concatenate([wanted.get(shard, np.empty(0, np.int64)), positions])
         stream = self._kept_samples(wanted)  # one pass over the inputs, in output order
-        return [write_shard(self.output_dir / f"{index:05d}.tar",
+        return [write_shard(join(self.output_dir, f"{index:05d}.tar"),
                             itertools.islice(stream, sum(last - first for _, first, last in ranges)))
                 for index, ranges in outputs]
 
@@ -385,6 +388,27 @@ def _output_plan(kept_per_shard: Sequence[int], samples_per_shard: int) -> list[
     return plan
 
 
+@contextlib.contextmanager
+def _output_folder(output_dir: str | Path) -> Iterator[str | Path]:
+    """Where pass 2 writes. A local folder is filled under a temporary name and renamed onto
+    ``output_dir`` at the end. An object store has no rename: the earlier output is deleted (its
+    report first, so no report ever describes other shards) and the shards are uploaded in place;
+    the filter report, written last (``write_filter_report``), marks the output complete."""
+    if not is_url(output_dir):
+        with atomic_path(output_dir) as tmp:
+            tmp.mkdir()
+            yield tmp
+        return
+    fs, root = fsspec.core.url_to_fs(str(output_dir))
+    if fs.exists(root):
+        report = f"{root.rstrip('/')}/{SHARD_MANIFEST}"
+        if fs.exists(report):
+            fs.rm_file(report)
+        fs.rm(root, recursive=True)
+    fs.makedirs(root, exist_ok=True)
+    yield str(output_dir)
+
+
 class _PhaseClock:
     def __init__(self) -> None:
         self.laps: dict[str, float] = {}
@@ -413,8 +437,9 @@ def filter_shards(
     each shard's records and dedup partitions to a scratch folder in ``work_dir`` (a shared
     filesystem for a multi-machine Dask cluster; default: the system's temporary folder); the
     dedup runs one task per partition (``vtp.data.dedup``); pass 2 writes one output shard per
-    task. The output folder is replaced atomically and its bytes depend neither on the executor
-    nor on ``num_workers`` or ``dedup_partitions``.
+    task. ``output_dir`` is a local folder, replaced atomically, or any fsspec URL (``s3://``,
+    ``gs://``, ``file://``), replaced shard by shard (see ``_output_folder``). Its bytes depend
+    neither on the executor nor on ``num_workers`` or ``dedup_partitions``.
     """
     if samples_per_shard < 1:
         raise ValueError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
@@ -459,8 +484,7 @@ def filter_shards(
             report_parts["kept"].append(kept[decodable])
         keep.flush()
         kept_per_shard = [int(np.count_nonzero(keep[offsets[s]:offsets[s + 1]])) for s in range(len(shard_urls))]
-        with atomic_path(output_dir) as tmp:
-            tmp.mkdir()
+        with _output_folder(output_dir) as tmp:
             plan = _output_plan(kept_per_shard, samples_per_shard)
             runs = max(1, min(len(plan), 4 * num_workers))  # a few runs per worker: balance, few boundary re-reads
             size = -(-len(plan) // runs) if plan else 1
