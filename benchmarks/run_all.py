@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "embedded_task": ["--epochs", "1", "--skip-pixels"],
     "data_filtering": ["--samples", "512", "--samples-per-shard", "128"],
     "dedup": ["--samples", "20000"],
+    "near_duplicates": ["--embedded", "50"],
     "tokenizer_step": ["--steps", "3"],
     "decoder_gan_step": ["--steps", "3"],
     "latent_extraction": ["--per-class", "20", "--repeats", "1", "--dit-steps", "2"],

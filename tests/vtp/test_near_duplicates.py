@@ -1,0 +1,59 @@
+"""The labelled near-duplicate set and its precision and recall (vtp.data.near_duplicates)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vtp_kedro.vtp.data.filters import _phash
+from vtp_kedro.vtp.data.near_duplicates import TRANSFORMS, closest_distinct_pairs, evaluate, real_photographs
+
+
+def _originals(count: int = 6) -> dict[str, Image.Image]:
+    rng = np.random.default_rng(0)
+    return {f"o{i}": Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)).resize((64, 64), Image.BICUBIC)
+            for i in range(count)}
+
+
+def test_a_hash_blind_to_the_image_flags_every_pair() -> None:
+    scores = evaluate(_originals(), lambda image: (0,), (0,))
+    n = 6
+    for score in scores.values():
+        assert score.recall == 1.0 and score.flagged_negatives == (2 * n) * (2 * n - 1) // 2 - n
+        assert score.precision == pytest.approx(n / ((2 * n) * (2 * n - 1) // 2))
+
+
+def _pixels(image: Image.Image) -> int:
+    return int.from_bytes(hashlib.sha256(image.convert("RGB").tobytes()).digest()[:8], "little")
+
+
+def test_an_exact_hash_flags_only_the_identical_copy() -> None:
+    transforms = {"identity": lambda image: image.copy(), "jpeg_q50": TRANSFORMS["jpeg_q50"]}
+    scores = evaluate(_originals(), lambda image: (_pixels(image),), (0,), transforms)
+    assert (scores["identity"].recall, scores["identity"].precision) == (1.0, 1.0)
+    assert (scores["jpeg_q50"].recall, scores["jpeg_q50"].precision) == (0.0, 1.0)  # nothing flagged
+
+
+def test_hash_kinds_combine_by_and() -> None:
+    with pytest.raises(ValueError, match="2 thresholds for 1 hashes"):
+        evaluate(_originals(), lambda image: (0,), (1, 2))
+    # the blind kind alone flags every pair; beside an exact kind, only each original and its copy
+    scores = evaluate(_originals(), lambda image: (0, _pixels(image)), (0, 0), {"identity": lambda image: image.copy()})
+    assert (scores["identity"].flagged_positives, scores["identity"].flagged_negatives) == (6, 0)
+
+
+def test_the_filters_phash_on_real_photographs() -> None:
+    """The measured state of the default rule: every re-encoded, resized, brightened or contrasted
+    copy of a photograph is caught and no distinct photograph is; crops of a few percent are not."""
+    photos = real_photographs()
+    assert len(photos) >= 15
+    scores = evaluate(photos, lambda image: (_phash(image),), (4,))
+    for name in ("jpeg_q50", "jpeg_q75", "resize_0.5x", "resize_1.5x", "brightness_+10pct", "brightness_-10pct",
+                 "contrast_+10pct", "contrast_-10pct"):
+        assert (scores[name].recall, scores[name].precision) == (1.0, 1.0), name
+    assert scores["crop_4pct_sides"].recall < 0.5
+    ((distance, _, _),) = closest_distinct_pairs(photos, lambda image: (_phash(image),), count=1)
+    assert max(distance) > 4
