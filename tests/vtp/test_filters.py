@@ -241,17 +241,23 @@ def test_a_filter_report_round_trips_through_memory_fs() -> None:
         read_filter_report("memory://elsewhere")
 
 
-def test_bad_shards_are_counted_and_the_run_goes_on(tmp_path: Path) -> None:
+@pytest.mark.parametrize("executor", ["processes", "dask"])
+def test_bad_shards_are_counted_and_the_run_goes_on(tmp_path: Path, executor: str) -> None:
     write_shard(tmp_path / "in" / "00000.tar", [_sample("good", 0)])
     (tmp_path / "in" / "00001.tar").write_bytes(b"")
     (tmp_path / "in" / "00002.tar").write_bytes(b"not a tar" * 200)
     write_shard(tmp_path / "whole.tar", [_sample("kept", 1), _sample("cut", 2)])
     whole = (tmp_path / "whole.tar").read_bytes()
     (tmp_path / "in" / "00003.tar").write_bytes(whole[: len(whole) // 2 + 700])
-    report = filter_shards(str(tmp_path / "in"), tmp_path / "out", FilterRules(), samples_per_shard=4)
+    # bad samples too: a missing caption, an undecodable image, a caption with no image member
+    write_shard(tmp_path / "in" / "00004.tar", [_sample("no_caption", 3, caption=None), _sample("broken", 4, jpg=b"x"),
+                                               {"__key__": "orphan", "txt": CAPTION}])
+    report = filter_shards(str(tmp_path / "in"), tmp_path / "out", FilterRules(), samples_per_shard=4,
+                           num_workers=2, executor=executor)
     assert report.shard_errors["empty_shard"] == 1
     assert report.shard_errors["unreadable_shard"] == 1
     assert report.shard_errors["truncated_shard"] == 1
+    assert [report.dropped[r] for r in ("missing_caption", "undecodable_image", "missing_image")] == [1, 1, 1]
     assert [s["__key__"] for s in _output(tmp_path)] == ["good", "kept"]
 
 
