@@ -24,6 +24,20 @@ def join(folder: str | os.PathLike, name: str) -> str | Path:
     return f"{str(folder).rstrip('/')}/{name}" if is_url(folder) else Path(folder) / name
 
 
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write one file whole: a local path through ``atomic_path``; an fsspec URL as one upload
+    (``pipe_file``), which object stores make visible whole or not at all."""
+    if is_url(path):
+        import fsspec  # only for URLs: this module stays stdlib-only for local output
+
+        fs, fs_path = fsspec.core.url_to_fs(str(path))
+        fs.makedirs(fs_path.rsplit("/", 1)[0], exist_ok=True)
+        fs.pipe_file(fs_path, data)
+        return
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling path to write to; rename it onto ``path`` only on success.

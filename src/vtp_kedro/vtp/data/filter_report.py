@@ -16,10 +16,10 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from vtp_kedro.vtp.data.filters import FilterReport
-from vtp_kedro.vtp.data.shards import ShardInfo
-from vtp_kedro.vtp.io import atomic_path, is_url, join
+from vtp_kedro.vtp.data.shards import SHARD_MANIFEST, ShardInfo
+from vtp_kedro.vtp.io import join, write_bytes
 
-REPORT_FILE = "filter_report.json"
+REPORT_FILE = SHARD_MANIFEST  # the report lists each shard's samples and sha256
 STATS_FILE = "filter_stats.npz"
 
 
@@ -31,13 +31,8 @@ def write_filter_report(report: FilterReport, folder: str | Path) -> None:
     np.savez_compressed(stats, widths=report.widths, heights=report.heights,
                         caption_words=report.caption_words, kept_mask=report.kept_mask)
     text = json.dumps(report.to_dict(), indent=2, sort_keys=True).encode()
-    for name, data in ((STATS_FILE, stats.getvalue()), (REPORT_FILE, text)):
-        if is_url(folder):
-            fs, path = fsspec.core.url_to_fs(str(join(folder, name)))
-            fs.pipe_file(path, data)
-        else:
-            with atomic_path(Path(folder) / name) as tmp:
-                tmp.write_bytes(data)
+    write_bytes(join(folder, STATS_FILE), stats.getvalue())
+    write_bytes(join(folder, REPORT_FILE), text)
 
 
 def read_filter_report(folder: str | Path) -> FilterReport:

@@ -436,8 +436,8 @@ def filter_shards(
     ``urls`` is anything :func:`expand_urls` takes. Pass 1 (one task per input shard) writes
     each shard's records and dedup partitions to a scratch folder in ``work_dir`` (a shared
     filesystem for a multi-machine Dask cluster; default: the system's temporary folder); the
-    dedup runs one task per partition (``vtp.data.dedup``); pass 2 writes one output shard per
-    task. ``output_dir`` is a local folder, replaced atomically, or any fsspec URL (``s3://``,
+    dedup runs one task per partition (``vtp.data.dedup``); pass 2 runs a few tasks per worker,
+    each writing a run of consecutive output shards. ``output_dir`` is a local folder, replaced atomically, or any fsspec URL (``s3://``,
     ``gs://``, ``file://``), replaced shard by shard (see ``_output_folder``). Its bytes depend
     neither on the executor nor on ``num_workers`` or ``dedup_partitions``.
     """

@@ -92,6 +92,10 @@ def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 Hasher = Callable[[Image.Image], tuple[int, ...]]
 
 
+def _hashes(images: list[Image.Image], hasher: Hasher) -> np.ndarray:
+    return np.array([hasher(image) for image in images], dtype=np.uint64)
+
+
 def _flagged(hashes: np.ndarray, thresholds: tuple[int, ...]) -> np.ndarray:
     """[n, n] booleans: every hash kind (column of ``hashes``) within its threshold."""
     if hashes.shape[1] != len(thresholds):
@@ -108,14 +112,14 @@ def evaluate(originals: Mapping[str, Image.Image], hasher: Hasher, thresholds: t
     if len(originals) < 2:
         raise ValueError(f"a near-duplicate set needs at least two originals, got {len(originals)}")
     images = list(originals.values())
-    base = np.array([hasher(image) for image in images], dtype=np.uint64)
+    base = _hashes(images, hasher)
     n = len(images)
     positive = np.zeros((2 * n, 2 * n), dtype=bool)
     positive[np.arange(n), np.arange(n) + n] = True
     upper = np.triu(np.ones((2 * n, 2 * n), dtype=bool), k=1)  # each unordered pair once
     scores = {}
     for name, transform in transforms.items():
-        copies = np.array([hasher(transform(image)) for image in images], dtype=np.uint64)
+        copies = _hashes([transform(image) for image in images], hasher)
         flagged = _flagged(np.concatenate([base, copies]), thresholds)
         scores[name] = Scores(positives=n, flagged_positives=int((flagged & positive).sum()),
                               flagged_negatives=int((flagged & upper & ~positive).sum()))
@@ -125,13 +129,12 @@ def evaluate(originals: Mapping[str, Image.Image], hasher: Hasher, thresholds: t
 def distances(originals: Mapping[str, Image.Image], hasher: Hasher,
               transforms: Mapping[str, Callable[[Image.Image], Image.Image]] = TRANSFORMS) -> dict[str, np.ndarray]:
     """Per transformation, each original's Hamming distance to its copy, per hash kind ([n, kinds]);
-    under ``"distinct"``, every pair of distinct originals' distances. The thresholds' raw material."""
+    under ``"distinct"``, every pair of distinct originals' distances, in ``itertools.combinations``
+    order ([pairs, kinds]). The thresholds' raw material."""
     images = list(originals.values())
-    base = np.array([hasher(image) for image in images], dtype=np.uint64)
-    result = {}
-    for name, transform in transforms.items():
-        copies = np.array([hasher(transform(image)) for image in images], dtype=np.uint64)
-        result[name] = np.bitwise_count(base ^ copies)
+    base = _hashes(images, hasher)
+    result = {name: np.bitwise_count(base ^ _hashes([transform(image) for image in images], hasher))
+              for name, transform in transforms.items()}
     pairs = np.array(list(itertools.combinations(range(len(images)), 2)), dtype=np.int64).reshape(-1, 2)
     result["distinct"] = np.bitwise_count(base[pairs[:, 0]] ^ base[pairs[:, 1]])
     return result
@@ -141,10 +144,9 @@ def closest_distinct_pairs(originals: Mapping[str, Image.Image], hasher: Hasher,
                            count: int = 3) -> list[tuple[tuple[int, ...], str, str]]:
     """The ``count`` pairs of distinct originals whose hashes lie closest (by the largest of
     their per-kind distances): (distances, name, name)."""
-    names = list(originals)
-    base = np.array([hasher(originals[name]) for name in names], dtype=np.uint64)
-    pairs = [(tuple(int(d) for d in np.bitwise_count(base[i] ^ base[j])), names[i], names[j])
-             for i, j in itertools.combinations(range(len(names)), 2)]
+    found = distances(originals, hasher, transforms={})["distinct"]
+    pairs = [(tuple(int(d) for d in row), a, b)
+             for row, (a, b) in zip(found, itertools.combinations(list(originals), 2))]
     return sorted(pairs, key=lambda pair: (max(pair[0]), pair[0]))[:count]
 
 

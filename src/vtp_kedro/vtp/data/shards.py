@@ -26,7 +26,7 @@ from typing import IO
 import braceexpand
 import fsspec
 
-from vtp_kedro.vtp.io import atomic_path, is_url
+from vtp_kedro.vtp.io import is_url, write_bytes
 
 # webdataset's key convention (webdataset.tariterators.base_plus_ext): the key is the member
 # path up to the first dot of its base name. Restated here because importing webdataset
@@ -61,8 +61,7 @@ _MEMBER_MODE, _MEMBER_OWNER = 0o444, "bigdata"
 
 def write_shard(path: str | Path, samples: Iterable[Mapping[str, bytes | str]]) -> ShardInfo:
     """Write ``samples`` (dicts with ``__key__`` and extension -> bytes) to one tar, atomically;
-    identical samples give identical bytes. ``path`` may be an fsspec URL: the tar is then one
-    upload (``pipe_file``), which object stores make visible whole or not at all."""
+    identical samples give identical bytes. ``path`` may be an fsspec URL (``vtp.io.write_bytes``)."""
     buffer = io.BytesIO()
     count = 0
     with tarfile.open(fileobj=buffer, mode="w|") as tar:
@@ -79,16 +78,9 @@ def write_shard(path: str | Path, samples: Iterable[Mapping[str, bytes | str]]) 
                 tar.addfile(info, io.BytesIO(data))
             count += 1
     data = buffer.getvalue()
-    if is_url(path):
-        fs, fs_path = fsspec.core.url_to_fs(str(path))
-        fs.makedirs(fs_path.rsplit("/", 1)[0], exist_ok=True)
-        fs.pipe_file(fs_path, data)
-        name = fs_path.rsplit("/", 1)[-1]
-    else:
-        with atomic_path(path) as tmp:
-            tmp.write_bytes(data)
-        name = Path(path).name
-    return ShardInfo(name=name, samples=count, sha256=hashlib.sha256(data).hexdigest())
+    write_bytes(path, data)
+    return ShardInfo(name=str(path).rstrip("/").rsplit("/", 1)[-1], samples=count,
+                     sha256=hashlib.sha256(data).hexdigest())
 
 
 def write_shards(
@@ -168,7 +160,7 @@ def shard_prefix(urls: Sequence[str], samples: int) -> tuple[list[str], int]:
 
 def _expand_one(item: str) -> list[str]:
     """The shards one brace-free location names: itself, its sorted glob matches or its ``*.tar``."""
-    if "://" not in item:
+    if not is_url(item):
         path = Path(item)
         if _GLOB_CHARS.search(item):
             return sorted(p for p in glob.glob(item) if Path(p).is_file())
