@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from vtp_kedro.vtp.data.executors import restored_environ
 from vtp_kedro.vtp.data.filters import FilterRules, filter_shards
 from vtp_kedro.vtp.data.shards import write_shard
 
@@ -49,10 +50,7 @@ def test_a_worker_killed_mid_shard_changes_nothing(tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()
     killed: dict[str, int] = {}
-    # this cluster's nannies set OMP_NUM_THREADS=1 (and more) in os.environ: put back afterwards, or
-    # every later test's training subprocess would run on one thread (and compute other numbers)
-    environ = dict(os.environ)
-    try:
+    with restored_environ():  # the cluster's nannies set OMP_NUM_THREADS=1 for later tests' trainings
         with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
                 Client(cluster) as client:
 
@@ -73,9 +71,6 @@ def test_a_worker_killed_mid_shard_changes_nothing(tmp_path: Path) -> None:
             report = filter_shards(urls, tmp_path / "dask", rules, samples_per_shard=50, num_workers=2,
                                    executor="dask", scheduler_address=cluster.scheduler_address, work_dir=work)
             killer.join()
-    finally:
-        os.environ.clear()
-        os.environ.update(environ)
     assert killed and killed["after_shards"] < SHARDS  # it died during pass 1
     assert report.to_dict() == expected.to_dict()
     assert report.total == SHARDS * (PER_SHARD + 1) and report.dropped["exact_duplicate"] == SHARDS

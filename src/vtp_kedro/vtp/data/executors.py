@@ -15,9 +15,10 @@ context managers that start their workers once for every pass of a run.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Literal, Protocol
 
@@ -30,6 +31,19 @@ class Executor(Protocol):
     def __enter__(self) -> Executor: ...
 
     def __exit__(self, *exc: object) -> None: ...
+
+
+@contextlib.contextmanager
+def restored_environ() -> Iterator[None]:
+    """Put ``os.environ`` back as it was on exit. A Dask LocalCluster's nannies write their workers'
+    settings (OMP_NUM_THREADS=1, ...) into the calling process's environment; left there, every
+    later subprocess (a torchrun training) would run on one thread and compute different numbers."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 class ProcessExecutor:
@@ -65,15 +79,13 @@ class DaskExecutor:
         self.initializer = initializer
         self._client: Any = None
         self._cluster: Any = None
-        self._environ: dict[str, str] | None = None
+        self._environ: contextlib.ExitStack | None = None
 
     def __enter__(self) -> DaskExecutor:
         from dask.distributed import Client, LocalCluster  # imported only when asked for
 
-        # A LocalCluster's nannies write their workers' settings (OMP_NUM_THREADS=1, ...) into this
-        # process's os.environ; left there, every later subprocess (a torchrun training) would run
-        # on one thread and compute different numbers. The environment is put back on exit.
-        self._environ = dict(os.environ)
+        self._environ = contextlib.ExitStack()
+        self._environ.enter_context(restored_environ())
         if self.scheduler_address is None:
             # one thread per worker process: the tasks are CPU-bound Python (decode, hash)
             self._cluster = LocalCluster(n_workers=self.num_workers, threads_per_worker=1, processes=True,
@@ -96,8 +108,7 @@ class DaskExecutor:
             self._cluster.close()
         self._client = self._cluster = None
         if self._environ is not None:
-            os.environ.clear()
-            os.environ.update(self._environ)
+            self._environ.close()
             self._environ = None
 
     def map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
