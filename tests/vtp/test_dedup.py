@@ -7,12 +7,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vtp_kedro.vtp.data.dedup import DedupLayout, deduplicate, pigeonhole_bands, write_partitions
+from vtp_kedro.vtp.data.copy_detection import is_copy
+from vtp_kedro.vtp.data.dedup import DedupLayout, deduplicate, pigeonhole_bands, write_partitions, write_thumbnails
+
+CHECK = (40.0, 0.75)
 
 
-def _sequential(candidate: np.ndarray, sha: list[bytes], phash: np.ndarray, threshold: int | None):
-    """The rule by brute force, in input order."""
-    seen, admitted_hashes = set(), []
+def _sequential(candidate: np.ndarray, sha: list[bytes], phash: np.ndarray, threshold: int | None,
+                thumbnails: np.ndarray | None = None):
+    """The rule by brute force, in input order (with ``thumbnails``: hash-close pairs also pass the check)."""
+
+    def near(i: int, j: int) -> bool:
+        if (int(phash[i]) ^ int(phash[j])).bit_count() > threshold:
+            return False
+        return thumbnails is None or bool(is_copy(thumbnails[i][None], thumbnails[j][None], *CHECK)[0])
+
+    seen, admitted_indices = set(), []
     exact, admitted = np.zeros(len(sha), np.uint8), np.zeros(len(sha), np.uint8)
     for i in range(len(sha)):
         if not candidate[i]:
@@ -21,10 +31,10 @@ def _sequential(candidate: np.ndarray, sha: list[bytes], phash: np.ndarray, thre
             exact[i] = 1
             continue
         seen.add(sha[i])
-        if threshold is not None and any((int(phash[i]) ^ h).bit_count() <= threshold for h in admitted_hashes):
+        if threshold is not None and any(near(i, j) for j in admitted_indices):
             continue
         admitted[i] = 1
-        admitted_hashes.append(int(phash[i]))
+        admitted_indices.append(i)
     return exact, admitted
 
 
@@ -45,11 +55,14 @@ def _records(n: int, seed: int = 0):
     return candidate, sha, phash
 
 
-def _run(tmp_path: Path, candidate, sha, phash, threshold, partitions, shard_size):
-    layout = DedupLayout(tmp_path / f"dedup_{partitions}_{shard_size}", partitions, threshold)
+def _run(tmp_path: Path, candidate, sha, phash, threshold, partitions, shard_size, thumbnails=None):
+    layout = DedupLayout(tmp_path / f"dedup_{partitions}_{shard_size}", partitions, threshold,
+                         CHECK if thumbnails is not None else None)
     starts = list(range(0, len(sha), shard_size))
     for shard, offset in enumerate(starts):
         positions = np.flatnonzero(candidate[offset:offset + shard_size])
+        if thumbnails is not None:
+            write_thumbnails(layout, shard, thumbnails[offset:offset + shard_size])
         write_partitions(layout, shard, positions, sha[offset:offset + shard_size], phash[offset:offset + shard_size])
     offsets = np.array([*starts, len(sha)], dtype=np.int64)
     exact, admitted = deduplicate(layout, offsets, candidate, lambda task, items: [task(i) for i in items])
@@ -64,6 +77,27 @@ def test_any_partitioning_gives_the_sequential_verdicts(tmp_path: Path, threshol
     assert expected_exact.sum() > 50 and (near > 100 if threshold and threshold >= 4 else True)  # both kinds
     for partitions, shard_size in ((1, 1500), (3, 100), (16, 37)):
         exact, admitted = _run(tmp_path, candidate, sha, phash, threshold, partitions, shard_size)
+        np.testing.assert_array_equal(exact, expected_exact)
+        np.testing.assert_array_equal(admitted, expected_admitted)
+
+
+def test_the_copy_check_decides_among_the_hash_candidates(tmp_path: Path) -> None:
+    # near copies by hash: half are copies of the picture too (a little noise), half are other pictures
+    candidate, sha, phash = _records(400, seed=1)
+    rng = np.random.default_rng(1)
+    coarse = rng.integers(0, 256, (len(sha), 4, 4, 3)).astype(np.float32)
+    thumbnails = np.repeat(np.repeat(coarse, 8, axis=1), 8, axis=2)
+    for i in range(1, len(sha)):
+        close = [j for j in range(i) if (int(phash[i]) ^ int(phash[j])).bit_count() <= 6]
+        if close and rng.random() < 0.5:
+            thumbnails[i] = thumbnails[close[0]] + rng.normal(0, 2, thumbnails[i].shape)
+    thumbnails = np.clip(thumbnails, 0, 255).astype(np.uint8)
+    hash_only = _sequential(candidate, sha, phash, 6)[1]
+    expected_exact, expected_admitted = _sequential(candidate, sha, phash, 6, thumbnails)
+    assert (expected_admitted > hash_only).sum() > 20  # the check keeps pictures the hash alone would drop
+    assert (expected_admitted < 1).sum() - (hash_only < 1).sum() < 0
+    for partitions, shard_size in ((1, 400), (5, 37)):
+        exact, admitted = _run(tmp_path, candidate, sha, phash, 6, partitions, shard_size, thumbnails)
         np.testing.assert_array_equal(exact, expected_exact)
         np.testing.assert_array_equal(admitted, expected_admitted)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -26,9 +27,11 @@ from vtp_kedro.vtp.data.filters import (
     ClipScoreRule,
     FilterReport,
     FilterRules,
+    _phash,
     filter_shards,
 )
 from vtp_kedro.vtp.data.shards import ShardInfo, iter_shard_samples, write_shard
+from vtp_kedro.vtp.data.synthetic import SyntheticConfig, draw_scene, sample_scene
 
 CAPTION = "a red circle on a grey background"
 
@@ -114,6 +117,22 @@ def test_near_duplicate_is_caught_within_threshold(tmp_path: Path) -> None:
 
     no_near_dedup = FilterRules(near_dup_hamming=None)
     assert _run(tmp_path, [original, _sample("other", 1), recompressed], no_near_dedup).kept == 3
+
+
+def test_the_copy_check_keeps_a_picture_the_hash_cannot_tell_apart(tmp_path: Path) -> None:
+    # the same scene with a red and with a blue main object: one grey pHash, two pictures
+    scene = sample_scene(SyntheticConfig(), "train", 9)
+    blue = dataclasses.replace(scene, objects=(dataclasses.replace(scene.objects[0], colour="blue"), *scene.objects[1:]))
+    red_image, blue_image = draw_scene(scene, 32), draw_scene(blue, 32)
+    assert _phash(red_image) == _phash(blue_image)
+    samples = [_sample("red", 0, jpg=None, png=_encode(red_image, "PNG")),
+               _sample("blue", 0, jpg=None, png=_encode(blue_image, "PNG")),
+               _sample("red_again", 0, jpg=_encode(red_image.resize((48, 48), Image.BICUBIC), quality=80))]
+    report = _run(tmp_path, samples)
+    assert report.dropped == _only("near_duplicate")
+    assert [s["__key__"] for s in _output(tmp_path)] == ["red", "blue"]
+    hash_only = _run(tmp_path, samples, FilterRules(near_dup_check=None))
+    assert hash_only.dropped == _only("near_duplicate", 2)
 
 
 def test_first_failed_rule_counts(tmp_path: Path) -> None:

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vtp_kedro.vtp.data.filters import _phash
+from vtp_kedro.vtp.data.copy_detection import is_copy
+from vtp_kedro.vtp.data.filters import CopyCheck, _phash
 from vtp_kedro.vtp.data.near_duplicates import TRANSFORMS, closest_distinct_pairs, evaluate, real_photographs
+from vtp_kedro.vtp.data.synthetic import SyntheticConfig, render_sample
 
 
 def _originals(count: int = 6) -> dict[str, Image.Image]:
@@ -57,3 +59,32 @@ def test_the_filters_phash_on_real_photographs() -> None:
     assert scores["crop_4pct_sides"].recall < 0.5
     ((distance, _, _),) = closest_distinct_pairs(photos, lambda image: (_phash(image),), count=1)
     assert max(distance) > 4
+
+
+def _copy_check(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    bounds = CopyCheck()
+    return is_copy(a, b, bounds.max_local, bounds.max_relative)
+
+
+def test_the_copy_check_alone_is_exact_on_real_photographs() -> None:
+    """Every pair of photographs and copies through the check: every copy, crops too, and nothing else."""
+    scores = evaluate(real_photographs(), lambda image: (0,), (0,), check=_copy_check)
+    for name, score in scores.items():
+        assert (score.recall, score.precision) == (1.0, 1.0), name
+
+
+def test_the_filters_rule_is_precise_where_the_hash_alone_is_not() -> None:
+    """pHash <= 8 with the check (conf/paper's rule): no distinct photograph or embedded scene of the
+    labelled set is flagged, where the hash alone flags distinct embedded scenes."""
+    photos = real_photographs()
+    scenes = {f"scene_{i}": render_sample(SyntheticConfig(), "train", i).image for i in range(120)}
+    phash = lambda image: (_phash(image),)  # noqa: E731
+    for name, score in evaluate(photos, phash, (8,), check=_copy_check).items():
+        assert score.precision == 1.0, name
+        assert score.recall == 1.0 or name.startswith("crop"), name
+    checked = evaluate(scenes, phash, (8,), check=_copy_check)
+    hash_only = evaluate(scenes, phash, (8,))
+    assert sum(s.flagged_negatives for s in hash_only.values()) > 20
+    assert sum(s.flagged_negatives for s in checked.values()) == 0
+    for name in ("jpeg_q75", "resize_1.5x", "brightness_+10pct", "contrast_-10pct"):
+        assert checked[name].recall >= 0.95, name

@@ -4,7 +4,9 @@ The rule is the sequential one, sample by sample in input order (global index ``
 
 - *exact duplicate*: an earlier sample that passed the per-sample rules has the same sha256;
 - *near duplicate*: among the samples left, an earlier *near-admitted* one (not an exact or
-  near duplicate itself) lies within ``threshold`` bits of its 64-bit perceptual hash.
+  near duplicate itself) lies within ``threshold`` bits of its 64-bit perceptual hash and, when
+  the layout has a ``check``, passes the aligned copy check of ``vtp.data.copy_detection`` on
+  the two samples' thumbnails (the hash proposes, the check decides).
 
 A sequential pass needs every hash in memory. Here each record is written to disk once per
 partition it belongs to: one *exact* partition (``sha256 mod P``: exact duplicates meet in one)
@@ -15,7 +17,8 @@ a task that needs only its own records:
 
 1. exact tasks return the indices of the exact duplicates (all of a sha256 group but its first);
 2. band tasks return the *edges* ``(i, j)``, ``j < i``, between candidate samples that share a
-   band value and lie within ``threshold`` bits;
+   band value, lie within ``threshold`` bits and pass the check (thumbnails are read from each
+   shard's file, memory-mapped, for the task's candidate pairs only);
 3. the join walks the edges in increasing ``i`` and decides ``admitted[i] = not any(admitted[j])``
    (every ``j < i`` is decided by then): the sequential rule, exactly, since a sample's verdict
    depends only on its earlier neighbours.
@@ -34,13 +37,15 @@ from pathlib import Path
 
 import numpy as np
 
+from vtp_kedro.vtp.data.copy_detection import SIDE, is_copy
 from vtp_kedro.vtp.io import atomic_path
 
-EXACT_DIR, BAND_DIR, EDGE_DIR = "exact", "bands", "edges"
+EXACT_DIR, BAND_DIR, EDGE_DIR, THUMBNAIL_DIR = "exact", "bands", "edges", "thumbnails"
 _EXACT = np.dtype([("index", "<i8"), ("sha256", "S32")])
 _BAND = np.dtype([("index", "<i8"), ("band", "<u8"), ("phash", "<u8")])  # band: band id << 56 | value
 _EDGE = np.dtype([("i", "<i8"), ("j", "<i8")])
 _BLOCK = 2048  # rows of a band group compared at once: a block's distance matrix stays a few MB
+_CHECKED_PAIRS = 4096  # candidate pairs whose thumbnails are read and checked at once: 25 MB
 
 
 def pigeonhole_bands(threshold: int) -> list[tuple[int, int]]:
@@ -59,10 +64,15 @@ class DedupLayout:
     folder: Path
     partitions: int
     threshold: int | None  # None: no near-duplicate rule
+    check: tuple[float, float] | None = None  # (max_local, max_relative) of the copy check; None: hash only
 
     def __post_init__(self) -> None:
         if self.partitions < 1:
             raise ValueError(f"partitions must be >= 1, got {self.partitions}")
+
+    def thumbnails(self, shard: int) -> Path:
+        """One shard's copy-check thumbnails, uint8 [samples, SIDE, SIDE, 3] by position in the shard."""
+        return self.folder / THUMBNAIL_DIR / f"s{shard:07d}.npy"
 
     def shard_dir(self, kind: str, shard: int) -> Path:
         """One shard's files of one kind, one per partition (written together, atomically)."""
@@ -126,6 +136,24 @@ def write_partitions(layout: DedupLayout, shard: int, candidates: np.ndarray,
                 np.save(folder / f"p{p:05d}.npy", np.concatenate(per_partition[p]))
 
 
+def write_thumbnails(layout: DedupLayout, shard: int, thumbnails: np.ndarray) -> None:
+    """One shard's thumbnails (a row per sample, zeros where a sample is no candidate), atomically."""
+    if thumbnails.shape[1:] != (SIDE, SIDE, 3) or thumbnails.dtype != np.uint8:
+        raise ValueError(f"thumbnails must be uint8 [n, {SIDE}, {SIDE}, 3], got {thumbnails.dtype} {thumbnails.shape}")
+    layout.thumbnails(shard).parent.mkdir(parents=True, exist_ok=True)
+    _save(layout.thumbnails(shard), thumbnails)
+
+
+def _thumbnails_of(layout: DedupLayout, indices: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """The thumbnails of global ``indices``, read shard by shard from memory-mapped files."""
+    shards = np.searchsorted(offsets, indices, side="right") - 1
+    result = np.empty((len(indices), SIDE, SIDE, 3), dtype=np.uint8)
+    for shard in np.unique(shards):
+        rows = shards == shard
+        result[rows] = np.load(layout.thumbnails(int(shard)), mmap_mode="r")[indices[rows] - offsets[shard]]
+    return result
+
+
 def _mix(values: np.ndarray) -> np.ndarray:
     """A 64-bit integer mix (splitmix64's finaliser), so that band values spread evenly over partitions."""
     with np.errstate(over="ignore"):
@@ -154,8 +182,8 @@ def exact_duplicates(layout: DedupLayout, partition: int, offsets: np.ndarray) -
 
 def near_edges(layout: DedupLayout, partition: int, offsets: np.ndarray, excluded: np.ndarray) -> int:
     """Task: write one band partition's edges ``(i, j)``, ``j < i``, between samples that share a
-    band value and lie within the threshold (samples flagged in the ``excluded`` byte map, the exact
-    duplicates, take no part), sorted by ``(i, j)``; returns how many."""
+    band value, lie within the threshold and pass the layout's copy check (samples flagged in the
+    ``excluded`` byte map, the exact duplicates, take no part), sorted by ``(i, j)``; returns how many."""
     records = _load(layout.parts(BAND_DIR, partition), _BAND)
     records["index"] = dense_index(records["index"], offsets)
     records = records[excluded[records["index"]] == 0]
@@ -176,6 +204,13 @@ def near_edges(layout: DedupLayout, partition: int, offsets: np.ndarray, exclude
             edges.append(found)
     found = np.concatenate(edges) if edges else np.empty(0, dtype=_EDGE)
     found = np.unique(found)  # sorted by (i, j); a pair that shares two bands is one edge
+    if layout.check is not None and len(found):
+        max_local, max_relative = layout.check
+        copies = np.concatenate([
+            is_copy(_thumbnails_of(layout, chunk["i"], offsets), _thumbnails_of(layout, chunk["j"], offsets),
+                    max_local, max_relative)
+            for chunk in np.array_split(found, -(-len(found) // _CHECKED_PAIRS))])
+        found = found[copies]
     _save(layout.folder / EDGE_DIR / f"p{partition:05d}.npy", found)
     return len(found)
 

@@ -39,7 +39,8 @@ from PIL import Image
 from pydantic import Field, model_validator
 
 from vtp_kedro.vtp.config import Config
-from vtp_kedro.vtp.data.dedup import DedupLayout, byte_map, deduplicate, write_partitions
+from vtp_kedro.vtp.data.copy_detection import SIDE, thumbnail
+from vtp_kedro.vtp.data.dedup import DedupLayout, byte_map, deduplicate, write_partitions, write_thumbnails
 from vtp_kedro.vtp.data.executors import ExecutorKind, make_executor
 from vtp_kedro.vtp.data.shards import (
     SHARD_ERROR_REASONS,
@@ -74,6 +75,7 @@ CAPTION_EXTENSION = "txt"
 _ALLOWED_CONTROL_CHARACTERS = frozenset("\t\n\r")
 _PASSED = 0  # record code of a sample that passed every per-sample rule; rule i is code i + 1
 _UNDECODABLE_CODES = (REASONS.index("missing_image") + 1, REASONS.index("undecodable_image") + 1)
+_NO_THUMBNAIL = np.zeros((SIDE, SIDE, 3), dtype=np.uint8)  # the row of a sample that is no near-dup candidate
 
 
 class ClipScoreRule(Config):
@@ -95,8 +97,23 @@ class ClipScoreRule(Config):
         return self
 
 
+class CopyCheck(Config):
+    """Bounds of the aligned copy check (``vtp.data.copy_detection``) that verifies each pair the
+    perceptual hash proposes as near duplicates.
+
+    Measured on the labelled set (README, "Near duplicates"): a copy of a photograph lies at
+    ``relative <= 0.50`` and distinct photographs at ``>= 0.95``; re-encoded (quality >= 75),
+    resized, cropped and brightened copies of the embedded 32-px scenes at ``local <= 35`` and
+    scenes that differ by an object at ``>= 59`` grey levels.
+    """
+
+    max_local: float = Field(40.0, gt=0)
+    max_relative: float = Field(0.75, gt=0)
+
+
 class FilterRules(Config):
-    """Thresholds of the data-filtering rules; ``near_dup_hamming=None`` turns near-dedup off."""
+    """Thresholds of the data-filtering rules; ``near_dup_hamming=None`` turns near-dedup off and
+    ``near_dup_check=None`` leaves the hash alone to decide."""
 
     min_side: int = Field(32, gt=0)
     max_aspect_ratio: float = Field(3.0, ge=1.0)
@@ -105,6 +122,7 @@ class FilterRules(Config):
     max_caption_bytes: int = Field(4096, gt=0)
     exact_dedup: bool = True
     near_dup_hamming: int | None = Field(4, ge=0, le=63)
+    near_dup_check: CopyCheck | None = CopyCheck()
     clip_score: ClipScoreRule = ClipScoreRule()
 
     @model_validator(mode="after")
@@ -265,6 +283,8 @@ class _ScanTask:
         rules = self.rules
         errors: Counter = Counter()
         codes, widths, heights, words, digests, phashes, keys = [], [], [], [], [], [], []
+        checked = rules.near_dup_hamming is not None and rules.near_dup_check is not None
+        thumbnails: list[np.ndarray] = []
         scores: list[float] = []
         scorer = _scorer_for(rules.clip_score) if rules.clip_score.enabled else None
         # Samples awaiting a CLIP batch, preprocessed at once: small tensors, not full-size pictures.
@@ -286,6 +306,8 @@ class _ScanTask:
             passed = reason is None
             digests.append(hashlib.sha256(sample[_image_ext(sample)]).digest() if passed and rules.exact_dedup else b"")
             phashes.append(_phash(image) if passed and rules.near_dup_hamming is not None else 0)
+            if checked:
+                thumbnails.append(thumbnail(image) if passed else _NO_THUMBNAIL)
             scores.append(float("nan"))
             if passed and scorer is not None:
                 pending.append((len(scores) - 1, scorer.preprocess(image), caption))
@@ -298,6 +320,9 @@ class _ScanTask:
             np.savez(handle, codes=codes_array, widths=np.asarray(widths, dtype=np.int32),
                      heights=np.asarray(heights, dtype=np.int32), caption_words=np.asarray(words, dtype=np.int32),
                      clip_scores=np.asarray(scores, dtype=np.float32), key_hashes=np.asarray(keys, dtype=np.uint64))
+        if checked:
+            write_thumbnails(self.layout, shard, np.stack(thumbnails) if thumbnails
+                             else np.empty((0, *_NO_THUMBNAIL.shape), np.uint8))
         write_partitions(self.layout, shard, np.flatnonzero(codes_array == _PASSED),
                          digests if rules.exact_dedup else None, np.asarray(phashes, dtype=np.uint64))
         return len(codes), dict(errors)
@@ -453,7 +478,8 @@ def filter_shards(
     with tempfile.TemporaryDirectory(prefix="vtp-filter-", dir=work_dir) as scratch, \
             make_executor(executor, num_workers, scheduler_address, _init_worker) as pool:
         clock.lap("start workers")
-        layout = DedupLayout(Path(scratch), dedup_partitions, rules.near_dup_hamming)
+        check = (rules.near_dup_check.max_local, rules.near_dup_check.max_relative) if rules.near_dup_check else None
+        layout = DedupLayout(Path(scratch), dedup_partitions, rules.near_dup_hamming, check)
         scanned = pool.map(_ScanTask(rules, layout), list(enumerate(shard_urls)))
         clock.lap("pass 1: scan shards")
         offsets = np.cumsum([0, *[count for count, _ in scanned]], dtype=np.int64)

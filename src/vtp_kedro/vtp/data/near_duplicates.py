@@ -17,8 +17,9 @@ originals come from the caller: real photographs shipped in installed packages (
 
 The rule under judgement is one or more hashes per image (each an integer of at most 64 bits:
 ``hasher`` returns a tuple) and a Hamming threshold for each; a pair is flagged when every hash
-lies within its threshold, so hash kinds combine (structure and colour, say). That is the form
-the filter's partitioned dedup can run (``vtp.data.dedup``: pigeonhole bands of one hash).
+lies within its threshold, so hash kinds combine (structure and colour, say), and, given a
+``check``, when the check passes the two images' thumbnails too (the filter's rule: pHash bands
+propose, ``vtp.data.copy_detection`` decides; ``vtp.data.dedup``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageEnhance
+
+from vtp_kedro.vtp.data.copy_detection import thumbnail
 
 
 def _jpeg(image: Image.Image, quality: int) -> Image.Image:
@@ -106,9 +109,14 @@ def _flagged(hashes: np.ndarray, thresholds: tuple[int, ...]) -> np.ndarray:
     return close
 
 
+Check = Callable[[np.ndarray, np.ndarray], np.ndarray]  # thumbnails [n, ...] twice -> booleans [n]
+
+
 def evaluate(originals: Mapping[str, Image.Image], hasher: Hasher, thresholds: tuple[int, ...],
-             transforms: Mapping[str, Callable[[Image.Image], Image.Image]] = TRANSFORMS) -> dict[str, Scores]:
-    """Precision and recall, per transformation, of "every hash within its threshold" on ``originals``."""
+             transforms: Mapping[str, Callable[[Image.Image], Image.Image]] = TRANSFORMS,
+             check: Check | None = None) -> dict[str, Scores]:
+    """Precision and recall, per transformation, of "every hash within its threshold (and the
+    ``check`` passes)" on ``originals``."""
     if len(originals) < 2:
         raise ValueError(f"a near-duplicate set needs at least two originals, got {len(originals)}")
     images = list(originals.values())
@@ -117,10 +125,15 @@ def evaluate(originals: Mapping[str, Image.Image], hasher: Hasher, thresholds: t
     positive = np.zeros((2 * n, 2 * n), dtype=bool)
     positive[np.arange(n), np.arange(n) + n] = True
     upper = np.triu(np.ones((2 * n, 2 * n), dtype=bool), k=1)  # each unordered pair once
+    base_thumbnails = np.stack([thumbnail(image) for image in images]) if check else None
     scores = {}
     for name, transform in transforms.items():
-        copies = _hashes([transform(image) for image in images], hasher)
-        flagged = _flagged(np.concatenate([base, copies]), thresholds)
+        copied = [transform(image) for image in images]
+        flagged = _flagged(np.concatenate([base, _hashes(copied, hasher)]), thresholds) & upper
+        if check is not None:
+            thumbnails = np.concatenate([base_thumbnails, np.stack([thumbnail(image) for image in copied])])
+            i, j = np.nonzero(flagged)
+            flagged[i, j] = check(thumbnails[i], thumbnails[j])
         scores[name] = Scores(positives=n, flagged_positives=int((flagged & positive).sum()),
                               flagged_negatives=int((flagged & upper & ~positive).sum()))
     return scores
