@@ -17,8 +17,13 @@ def _sequential(candidate: np.ndarray, sha: list[bytes], phash: np.ndarray, thre
                 thumbnails: np.ndarray | None = None):
     """The rule by brute force, in input order (with ``thumbnails``: hash-close pairs also pass the check)."""
 
+    hashes = phash.reshape(len(phash), -1)  # [n, 1 + crop variants]
+
     def near(i: int, j: int) -> bool:
-        if (int(phash[i]) ^ int(phash[j])).bit_count() > threshold:
+        # an own hash (column 0) of one within the threshold of any hash of the other
+        distances = [(int(hashes[i, 0]) ^ int(h)).bit_count() for h in hashes[j]] + \
+            [(int(h) ^ int(hashes[j, 0])).bit_count() for h in hashes[i]]
+        if min(distances) > threshold:
             return False
         return thumbnails is None or bool(is_copy(thumbnails[i][None], thumbnails[j][None], *CHECK)[0])
 
@@ -98,6 +103,28 @@ def test_the_copy_check_decides_among_the_hash_candidates(tmp_path: Path) -> Non
     assert (expected_admitted < 1).sum() - (hash_only < 1).sum() < 0
     for partitions, shard_size in ((1, 400), (5, 37)):
         exact, admitted = _run(tmp_path, candidate, sha, phash, 6, partitions, shard_size, thumbnails)
+        np.testing.assert_array_equal(exact, expected_exact)
+        np.testing.assert_array_equal(admitted, expected_admitted)
+
+
+def test_crop_variants_meet_their_copies_and_nothing_else(tmp_path: Path) -> None:
+    # each image has an own hash and 3 crop hashes; a "cropped copy" has an own hash near one of an
+    # earlier image's crop hashes, and its own crop hashes are random
+    rng = np.random.default_rng(2)
+    n = 600
+    phash = rng.integers(0, 2**63, (n, 4), dtype=np.int64).astype(np.uint64) * np.uint64(2) + np.uint64(1)
+    for i in range(1, n):
+        if rng.random() < 0.3:
+            j, k = int(rng.integers(0, i)), int(rng.integers(1, 4))
+            flips = rng.choice(64, int(rng.integers(0, 6)), replace=False)
+            phash[i, 0] = phash[j, k] ^ np.uint64(sum(1 << int(b) for b in flips))
+    sha = [rng.bytes(32) for _ in range(n)]
+    candidate = np.ones(n, np.uint8)
+    expected_exact, expected_admitted = _sequential(candidate, sha, phash, 4)
+    own_only = _sequential(candidate, sha, phash[:, 0], 4)[1]
+    assert (own_only - expected_admitted).sum() > 100  # the copies only the crop hashes find
+    for partitions, shard_size in ((1, 600), (7, 53)):
+        exact, admitted = _run(tmp_path, candidate, sha, phash, 4, partitions, shard_size)
         np.testing.assert_array_equal(exact, expected_exact)
         np.testing.assert_array_equal(admitted, expected_admitted)
 

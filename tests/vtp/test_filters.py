@@ -135,6 +135,18 @@ def test_the_copy_check_keeps_a_picture_the_hash_cannot_tell_apart(tmp_path: Pat
     assert hash_only.dropped == _only("near_duplicate", 2)
 
 
+def test_a_cropped_copy_is_caught_through_the_crop_variants(tmp_path: Path) -> None:
+    photo = Image.open(io.BytesIO(_encode(_pixels(3, (160, 160))))).convert("RGB")
+    photo = Image.fromarray(np.asarray(photo) // 2 + np.asarray(_pixels(4, (160, 160))) // 2)  # more detail
+    cropped = photo.crop((8, 8, 152, 152))  # 5% off every side
+    assert bin(_phash(photo) ^ _phash(cropped)).count("1") > 8  # the own hashes are too far apart
+    samples = [_sample("photo", 0, jpg=_encode(photo)), _sample("other", 1), _sample("cropped", 0, jpg=_encode(cropped))]
+    assert _run(tmp_path, samples, FilterRules(near_dup_hamming=8, near_dup_crop_variants=False)).kept == 3
+    report = _run(tmp_path, samples, FilterRules(near_dup_hamming=8))
+    assert report.dropped == _only("near_duplicate")
+    assert [s["__key__"] for s in _output(tmp_path)] == ["photo", "other"]
+
+
 def test_first_failed_rule_counts(tmp_path: Path) -> None:
     # Too small, empty caption and a duplicate at once: empty_caption is checked first.
     tiny_empty = _sample("tiny_empty", 2, caption="   ", size=(8, 8))

@@ -12,8 +12,11 @@ A sequential pass needs every hash in memory. Here each record is written to dis
 partition it belongs to: one *exact* partition (``sha256 mod P``: exact duplicates meet in one)
 and ``threshold + 1`` *band* partitions (the hash cut into ``threshold + 1`` bands; two hashes
 within ``threshold`` bits agree exactly on at least one band, the pigeonhole argument of
-``HammingIndex``, so near duplicates share at least one band partition). Each partition is then
-a task that needs only its own records:
+``HammingIndex``, so near duplicates share at least one band partition). With crop variants,
+an image's record carries the hashes of a few crops of it too, each banded alike: a copy
+cropped by a few percent has an own hash near one of its original's crop hashes, and a pair
+counts when one image's own hash lies within ``threshold`` of the other's own or crop hash.
+Each partition is then a task that needs only its own records:
 
 1. exact tasks return the indices of the exact duplicates (all of a sha256 group but its first);
 2. band tasks return the *edges* ``(i, j)``, ``j < i``, between candidate samples that share a
@@ -42,7 +45,8 @@ from vtp_kedro.vtp.io import atomic_path
 
 EXACT_DIR, BAND_DIR, EDGE_DIR, THUMBNAIL_DIR = "exact", "bands", "edges", "thumbnails"
 _EXACT = np.dtype([("index", "<i8"), ("sha256", "S32")])
-_BAND = np.dtype([("index", "<i8"), ("band", "<u8"), ("phash", "<u8")])  # band: band id << 56 | value
+# band: band id << 56 | value; base: 1 for the image's own hash, 0 for one of its crop variants
+_BAND = np.dtype([("index", "<i8"), ("band", "<u8"), ("phash", "<u8"), ("base", "u1")])
 _EDGE = np.dtype([("i", "<i8"), ("j", "<i8")])
 _BLOCK = 2048  # rows of a band group compared at once: a block's distance matrix stays a few MB
 _CHECKED_PAIRS = 4096  # candidate pairs whose thumbnails are read and checked at once: 25 MB
@@ -103,7 +107,10 @@ def write_partitions(layout: DedupLayout, shard: int, candidates: np.ndarray,
                      sha256: Sequence[bytes] | None, phash: np.ndarray) -> None:
     """Spread one shard's candidate samples (those that passed the per-sample rules) over the
     partitions; ``candidates`` are their positions in the shard, ``sha256`` and ``phash`` the
-    whole shard's (``sha256`` None: no exact rule).
+    whole shard's (``sha256`` None: no exact rule). ``phash`` is [samples] or [samples, 1 + V]:
+    each image's own hash, then the hashes of V crops of it, so that a cropped copy of an image
+    meets it (its own hash lies near one of the image's crop variants; only pairs with at least
+    one own hash are compared).
 
     A shard's files of each kind, one per partition (empty ones too), appear together in one
     atomic rename: a shard task that is retried replaces them and nothing is counted twice."""
@@ -120,16 +127,18 @@ def write_partitions(layout: DedupLayout, shard: int, candidates: np.ndarray,
                 records["index"], records["sha256"] = index[chosen], digests[chosen]
                 np.save(folder / f"p{p:05d}.npy", records)
     if layout.threshold is not None:
-        hashes = phash[candidates].astype(np.uint64)
+        hashes = (phash[:, None] if phash.ndim == 1 else phash)[candidates].astype(np.uint64)
         per_partition: list[list[np.ndarray]] = [[] for _ in range(P)]
         for band, (shift, mask) in enumerate(pigeonhole_bands(layout.threshold)):
-            value = (hashes >> np.uint64(shift)) & np.uint64(mask)
-            key = (np.uint64(band) << np.uint64(56)) | value
-            records = np.empty(len(index), dtype=_BAND)
-            records["index"], records["band"], records["phash"] = index, key, hashes
-            owner = (_mix(key) % np.uint64(P)).astype(np.int64)
-            for p in range(P):
-                per_partition[p].append(records[owner == p])
+            for variant in range(hashes.shape[1]):
+                value = (hashes[:, variant] >> np.uint64(shift)) & np.uint64(mask)
+                key = (np.uint64(band) << np.uint64(56)) | value
+                records = np.empty(len(index), dtype=_BAND)
+                records["index"], records["band"], records["phash"] = index, key, hashes[:, variant]
+                records["base"] = variant == 0
+                owner = (_mix(key) % np.uint64(P)).astype(np.int64)
+                for p in range(P):
+                    per_partition[p].append(records[owner == p])
         with atomic_path(layout.shard_dir(BAND_DIR, shard)) as folder:
             folder.mkdir()
             for p in range(P):
@@ -195,9 +204,12 @@ def near_edges(layout: DedupLayout, partition: int, offsets: np.ndarray, exclude
         group = records[start:start + size]
         for block in range(0, size, _BLOCK):  # rows [block, block + _BLOCK) against all earlier rows
             rows = group[block:block + _BLOCK]
-            distance = np.bitwise_count(rows["phash"][:, None] ^ group["phash"][None, :block + len(rows)])
+            earlier_rows = group[:block + len(rows)]
+            distance = np.bitwise_count(rows["phash"][:, None] ^ earlier_rows["phash"][None, :])
             close = distance <= layout.threshold
             close &= np.arange(block + len(rows))[None, :] < np.arange(block, block + len(rows))[:, None]
+            close &= (rows["base"][:, None] | earlier_rows["base"][None, :]).astype(bool)  # an own hash in each pair
+            close &= rows["index"][:, None] != earlier_rows["index"][None, :]  # an image and its own crop
             later, earlier = np.nonzero(close)
             found = np.empty(len(later), dtype=_EDGE)
             found["i"], found["j"] = rows["index"][later], group["index"][earlier]

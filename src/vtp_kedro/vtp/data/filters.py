@@ -35,6 +35,7 @@ from typing import Any
 import fsspec
 import imagehash
 import numpy as np
+import scipy.fftpack
 from PIL import Image
 from pydantic import Field, model_validator
 
@@ -121,7 +122,8 @@ class FilterRules(Config):
     max_caption_words: int = Field(77, gt=0)
     max_caption_bytes: int = Field(4096, gt=0)
     exact_dedup: bool = True
-    near_dup_hamming: int | None = Field(4, ge=0, le=63)
+    near_dup_hamming: int | None = Field(8, ge=0, le=63)
+    near_dup_crop_variants: bool = True  # hash crops of each image too (``CROP_VARIANTS``)
     near_dup_check: CopyCheck | None = CopyCheck()
     clip_score: ClipScoreRule = ClipScoreRule()
 
@@ -305,7 +307,8 @@ class _ScanTask:
             words.append(len(caption.split()) if caption is not None else -1)
             passed = reason is None
             digests.append(hashlib.sha256(sample[_image_ext(sample)]).digest() if passed and rules.exact_dedup else b"")
-            phashes.append(_phash(image) if passed and rules.near_dup_hamming is not None else 0)
+            phashes.append(_phashes(image, rules.near_dup_crop_variants) if passed and rules.near_dup_hamming is not None
+                           else _NO_HASHES[:_hash_count(rules)])
             if checked:
                 thumbnails.append(thumbnail(image) if passed else _NO_THUMBNAIL)
             scores.append(float("nan"))
@@ -324,7 +327,8 @@ class _ScanTask:
             write_thumbnails(self.layout, shard, np.stack(thumbnails) if thumbnails
                              else np.empty((0, *_NO_THUMBNAIL.shape), np.uint8))
         write_partitions(self.layout, shard, np.flatnonzero(codes_array == _PASSED),
-                         digests if rules.exact_dedup else None, np.asarray(phashes, dtype=np.uint64))
+                         digests if rules.exact_dedup else None,
+                         np.asarray(phashes, dtype=np.uint64).reshape(len(codes), _hash_count(rules)))
         return len(codes), dict(errors)
 
 
@@ -336,6 +340,40 @@ def _records(layout: DedupLayout, shard: int) -> dict[str, np.ndarray]:
 def _phash(image: Image.Image) -> int:
     """The 64-bit DCT perceptual hash of ``image`` as an integer."""
     return int(str(imagehash.phash(image)), 16)
+
+
+# Crops (fractions off left, top, right, bottom) whose pHashes an image is indexed under too: a
+# copy cropped by up to ~8% lies within a few bits of one of them (README, "Near duplicates").
+CROP_VARIANTS: tuple[tuple[float, float, float, float], ...] = (
+    (0.03, 0.03, 0.03, 0.03), (0.06, 0.06, 0.06, 0.06),
+    (0.05, 0.05, 0.0, 0.0), (0.0, 0.05, 0.05, 0.0), (0.0, 0.0, 0.05, 0.05), (0.05, 0.0, 0.0, 0.05),
+)
+_VARIANT_SOURCE = 128  # the crops are cut from a grey copy of this side: 7 resizes of a big photo would cost ms
+_NO_HASHES = np.zeros(1 + len(CROP_VARIANTS), dtype=np.uint64)
+
+
+def _hash_count(rules: FilterRules) -> int:
+    return 1 + len(CROP_VARIANTS) * rules.near_dup_crop_variants
+
+
+def _phashes(image: Image.Image, crop_variants: bool) -> np.ndarray:
+    """``[_phash(image)]``, then, with ``crop_variants``, the same hash of each of ``CROP_VARIANTS``.
+
+    The variants are ImageHash's pHash computed by hand on a stack (a 32 x 32 grey resize, a 2-D
+    DCT, the 8 x 8 lowest frequencies against their median), so that the six cost one DCT call."""
+    own = np.array([_phash(image)], dtype=np.uint64)
+    if not crop_variants:
+        return own
+    grey = image.convert("L").resize((_VARIANT_SOURCE, _VARIANT_SOURCE), Image.Resampling.LANCZOS)
+    side = _VARIANT_SOURCE
+    crops = np.stack([np.asarray(grey.crop((round(side * left), round(side * top), side - round(side * right),
+                                            side - round(side * bottom))).resize((32, 32), Image.Resampling.LANCZOS),
+                                 dtype=np.float64)
+                      for left, top, right, bottom in CROP_VARIANTS])
+    low = scipy.fftpack.dct(scipy.fftpack.dct(crops, axis=1), axis=2)[:, :8, :8].reshape(len(crops), 64)
+    bits = low > np.median(low, axis=1, keepdims=True)
+    variants = np.packbits(bits, axis=1).view(">u8")[:, 0].astype(np.uint64)  # row-major bits, as ImageHash's hex
+    return np.concatenate([own, variants])
 
 
 def _init_worker() -> None:

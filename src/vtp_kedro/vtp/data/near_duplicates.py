@@ -99,8 +99,15 @@ def _hashes(images: list[Image.Image], hasher: Hasher) -> np.ndarray:
     return np.array([hasher(image) for image in images], dtype=np.uint64)
 
 
-def _flagged(hashes: np.ndarray, thresholds: tuple[int, ...]) -> np.ndarray:
-    """[n, n] booleans: every hash kind (column of ``hashes``) within its threshold."""
+def _flagged(hashes: np.ndarray, thresholds: tuple[int, ...], crop_variants: bool = False) -> np.ndarray:
+    """[n, n] booleans: every hash kind (column of ``hashes``) within its threshold; with
+    ``crop_variants``, the columns are one kind (an own hash, then crop hashes) and a pair is
+    flagged when the own hash of one lies within ``thresholds[0]`` of any hash of the other."""
+    if crop_variants:
+        close = np.zeros((len(hashes), len(hashes)), dtype=bool)
+        for column in range(hashes.shape[1]):
+            close |= hamming(hashes[:, 0], hashes[:, column]) <= thresholds[0]
+        return close | close.T
     if hashes.shape[1] != len(thresholds):
         raise ValueError(f"{len(thresholds)} thresholds for {hashes.shape[1]} hashes per image")
     close = np.ones((len(hashes), len(hashes)), dtype=bool)
@@ -114,9 +121,9 @@ Check = Callable[[np.ndarray, np.ndarray], np.ndarray]  # thumbnails [n, ...] tw
 
 def evaluate(originals: Mapping[str, Image.Image], hasher: Hasher, thresholds: tuple[int, ...],
              transforms: Mapping[str, Callable[[Image.Image], Image.Image]] = TRANSFORMS,
-             check: Check | None = None) -> dict[str, Scores]:
+             check: Check | None = None, crop_variants: bool = False) -> dict[str, Scores]:
     """Precision and recall, per transformation, of "every hash within its threshold (and the
-    ``check`` passes)" on ``originals``."""
+    ``check`` passes)" on ``originals``; ``crop_variants``: see ``_flagged``."""
     if len(originals) < 2:
         raise ValueError(f"a near-duplicate set needs at least two originals, got {len(originals)}")
     images = list(originals.values())
@@ -129,7 +136,7 @@ def evaluate(originals: Mapping[str, Image.Image], hasher: Hasher, thresholds: t
     scores = {}
     for name, transform in transforms.items():
         copied = [transform(image) for image in images]
-        flagged = _flagged(np.concatenate([base, _hashes(copied, hasher)]), thresholds) & upper
+        flagged = _flagged(np.concatenate([base, _hashes(copied, hasher)]), thresholds, crop_variants) & upper
         if check is not None:
             thumbnails = np.concatenate([base_thumbnails, np.stack([thumbnail(image) for image in copied])])
             i, j = np.nonzero(flagged)
