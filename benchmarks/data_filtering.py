@@ -40,7 +40,12 @@ def main() -> None:
         raw = Path(scratch) / "raw"
         write_captioned_shards(raw, SyntheticConfig(image_size=args.image_size, seed=0),
                                args.samples, args.samples_per_shard, defect_fraction=0.03)
-        rules = FilterRules(min_side=min(32, args.image_size))
+        # pHash <= 4 alone: the near-duplicate rule these numbers have always been measured with. The
+        # filter's rule (crop variants and the copy check) adds ~0.8 ms of hashing per sample to pass 1
+        # and ~0.9 ms per candidate pair to the dedup, and on embedded-style scenes, which all look
+        # alike, its candidates grow with the square of the data (benchmarks/near_duplicates.py).
+        rules = FilterRules(min_side=min(32, args.image_size), near_dup_hamming=4, near_dup_crop_variants=False,
+                            near_dup_check=None)
         rows = []
         for executor in args.executors:
             for workers in args.workers:

@@ -348,7 +348,7 @@ CROP_VARIANTS: tuple[tuple[float, float, float, float], ...] = (
     (0.03, 0.03, 0.03, 0.03), (0.06, 0.06, 0.06, 0.06),
     (0.05, 0.05, 0.0, 0.0), (0.0, 0.05, 0.05, 0.0), (0.0, 0.0, 0.05, 0.05), (0.05, 0.0, 0.0, 0.05),
 )
-_VARIANT_SOURCE = 128  # the crops are cut from a grey copy of this side: 7 resizes of a big photo would cost ms
+_VARIANT_SOURCE = 128  # crops are cut from a grey copy of this side, not from a full-size photo six times
 _NO_HASHES = np.zeros(1 + len(CROP_VARIANTS), dtype=np.uint64)
 
 
@@ -359,8 +359,9 @@ def _hash_count(rules: FilterRules) -> int:
 def _phashes(image: Image.Image, crop_variants: bool) -> np.ndarray:
     """``[_phash(image)]``, then, with ``crop_variants``, the same hash of each of ``CROP_VARIANTS``.
 
-    The variants are ImageHash's pHash computed by hand on a stack (a 32 x 32 grey resize, a 2-D
-    DCT, the 8 x 8 lowest frequencies against their median), so that the six cost one DCT call."""
+    The variants are ImageHash's pHash (a 32 x 32 grey resize, a 2-D DCT, the 8 x 8 lowest
+    frequencies against their median), bit for bit, computed here on a stack because ImageHash
+    hashes one image per call: the six crops cost one DCT call."""
     own = np.array([_phash(image)], dtype=np.uint64)
     if not crop_variants:
         return own
