@@ -285,7 +285,7 @@ class _ScanTask:
         rules = self.rules
         errors: Counter = Counter()
         codes, widths, heights, words, digests, phashes, keys = [], [], [], [], [], [], []
-        checked = rules.near_dup_hamming is not None and rules.near_dup_check is not None
+        checked = self.layout.threshold is not None and self.layout.check is not None
         thumbnails: list[np.ndarray] = []
         scores: list[float] = []
         scorer = _scorer_for(rules.clip_score) if rules.clip_score.enabled else None

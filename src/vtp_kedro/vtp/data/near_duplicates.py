@@ -99,7 +99,7 @@ def _hashes(images: list[Image.Image], hasher: Hasher) -> np.ndarray:
     return np.array([hasher(image) for image in images], dtype=np.uint64)
 
 
-def _flagged(hashes: np.ndarray, thresholds: tuple[int, ...], crop_variants: bool = False) -> np.ndarray:
+def flagged_by_hashes(hashes: np.ndarray, thresholds: tuple[int, ...], crop_variants: bool = False) -> np.ndarray:
     """[n, n] booleans: every hash kind (column of ``hashes``) within its threshold; with
     ``crop_variants``, the columns are one kind (an own hash, then crop hashes) and a pair is
     flagged when the own hash of one lies within ``thresholds[0]`` of any hash of the other."""
@@ -123,7 +123,7 @@ def evaluate(originals: Mapping[str, Image.Image], hasher: Hasher, thresholds: t
              transforms: Mapping[str, Callable[[Image.Image], Image.Image]] = TRANSFORMS,
              check: Check | None = None, crop_variants: bool = False) -> dict[str, Scores]:
     """Precision and recall, per transformation, of "every hash within its threshold (and the
-    ``check`` passes)" on ``originals``; ``crop_variants``: see ``_flagged``."""
+    ``check`` passes)" on ``originals``; ``crop_variants``: see ``flagged_by_hashes``."""
     if len(originals) < 2:
         raise ValueError(f"a near-duplicate set needs at least two originals, got {len(originals)}")
     images = list(originals.values())
@@ -136,7 +136,7 @@ def evaluate(originals: Mapping[str, Image.Image], hasher: Hasher, thresholds: t
     scores = {}
     for name, transform in transforms.items():
         copied = [transform(image) for image in images]
-        flagged = _flagged(np.concatenate([base, _hashes(copied, hasher)]), thresholds, crop_variants) & upper
+        flagged = flagged_by_hashes(np.concatenate([base, _hashes(copied, hasher)]), thresholds, crop_variants) & upper
         if check is not None:
             thumbnails = np.concatenate([base_thumbnails, np.stack([thumbnail(image) for image in copied])])
             i, j = np.nonzero(flagged)
