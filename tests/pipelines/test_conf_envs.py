@@ -32,7 +32,7 @@ def parameters_of(env: str) -> dict:
     return OmegaConfigLoader(str(CONF), **{**CONFIG_LOADER_ARGS, "default_run_env": env})["parameters"]
 
 
-@pytest.mark.parametrize("env", ["base", "ci", "paper"])
+@pytest.mark.parametrize("env", ["base", "ci", "paper", "gpu"])
 def test_parameters_validate(env: str) -> None:
     parameters = parameters_of(env)
     assert set(PARAMS) <= set(parameters)
