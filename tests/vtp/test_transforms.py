@@ -59,6 +59,18 @@ def test_multicrop_shapes_and_determinism():
     assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
 
 
+def test_multicrop_under_bf16_autocast_is_the_float32_augmentation():
+    """The trainer's bf16 autocast (on by default on CUDA) must not reach the augmentation: the blur's
+    conv2d returned bf16 into float32 crops and the vtp preset's first step failed (benchmarks/gpu_check.py)."""
+    images = normalised(torch.rand(4, 3, 48, 40, generator=gen(0)))
+    config = small_config(global_blur_probabilities=(1.0, 1.0), local_blur_probability=1.0)
+    expected = MultiCrop(config)(images, gen(1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        actual = MultiCrop(config)(images, gen(1))
+    for a, b in zip(sum(expected, []), sum(actual, [])):
+        assert a.dtype == b.dtype == torch.float32 and torch.equal(a, b)
+
+
 def test_crops_of_a_constant_image_stay_constant():
     colour = torch.tensor([0.2, 0.5, 0.7]).view(1, 3, 1, 1)
     images = normalised(colour.expand(3, 3, 40, 40))

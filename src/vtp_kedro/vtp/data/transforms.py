@@ -200,14 +200,17 @@ class MultiCrop:
         mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
         pixels = (images.float() * std + mean).clamp(0, 1)  # colour ops in float32, on [0, 1] pixels
-        global_crops = [
-            self.view(pixels, cfg.global_size, cfg.global_scale, blur, solarize_p, generator)
-            for blur, solarize_p in zip(cfg.global_blur_probabilities, cfg.global_solarize_probabilities)
-        ]
-        local_crops = [
-            self.view(pixels, cfg.local_size, cfg.local_scale, cfg.local_blur_probability, 0.0, generator)
-            for _ in range(cfg.local_crops)
-        ]
+        # Under the trainer's bf16 autocast the blur's conv2d would return bf16 into float32 crops
+        # (an index_put of mismatched dtypes): the augmentation stays in float32 throughout.
+        with torch.autocast(images.device.type, enabled=False):
+            global_crops = [
+                self.view(pixels, cfg.global_size, cfg.global_scale, blur, solarize_p, generator)
+                for blur, solarize_p in zip(cfg.global_blur_probabilities, cfg.global_solarize_probabilities)
+            ]
+            local_crops = [
+                self.view(pixels, cfg.local_size, cfg.local_scale, cfg.local_blur_probability, 0.0, generator)
+                for _ in range(cfg.local_crops)
+            ]
         def renormalise(crop: Tensor) -> Tensor:
             return ((crop - mean) / std).to(images.dtype)
 
