@@ -193,6 +193,7 @@ class MultiCrop:
     def __init__(self, config: MultiCropConfig) -> None:
         self.config = config
 
+    @torch.compiler.disable  # random per-batch augmentation from a CPU generator: nothing to fuse, endless recompiles
     def __call__(self, images: Tensor, generator: torch.Generator) -> tuple[list[Tensor], list[Tensor]]:
         if images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point():
             raise ValueError(f"expected float images (B, 3, H, W), got {images.dtype} {tuple(images.shape)}")
