@@ -79,7 +79,7 @@ from vtp_kedro.vtp.train import checkpoint as ckpt  # noqa: E402
 from vtp_kedro.vtp.train.dit_training import DiTTask, DiTTrainingConfig, FlowDiT  # noqa: E402
 from vtp_kedro.vtp.train.launcher import LauncherConfig, launch  # noqa: E402
 from vtp_kedro.vtp.train.optim import OptimizerConfig  # noqa: E402
-from vtp_kedro.vtp.train.tokenizer_pretraining import TASK_FACTORY, VTPTask, build_task  # noqa: E402
+from vtp_kedro.vtp.train.tokenizer_pretraining import VTPTask, build_task  # noqa: E402
 from vtp_kedro.vtp.train.trainer import METRICS_LOG, Trainer, TrainerConfig  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -339,6 +339,8 @@ def tokenizer_section(run: Run, objective: str, size: str) -> dict[str, Any]:
     trainer = TrainerConfig.model_validate(run.paper["tokenizer_pretraining"]["trainer"])
     torch.manual_seed(0)
     task = VTPTask(VTPModel(config).to(run.device), image_size)
+    if trainer.activation_checkpointing:  # as conf/paper trains it (its batch of 256 per GPU needs it)
+        task.set_activation_checkpointing(True)
     optimizer_configs = trainer.optimizer_configs(task.optimizer_names)
     optimizers = task.configure_optimizers(optimizer_configs)
     clips = {name: config.grad_clip for name, config in optimizer_configs.items()}
@@ -359,7 +361,10 @@ def tokenizer_section(run: Run, objective: str, size: str) -> dict[str, Any]:
     section["shape"] = (f"{objective} preset, encoder {encoder.width}/{encoder.depth}/{encoder.heads} patch "
                         f"{encoder.patch_size}, {image_size} px, d{config.tokenizer.latent_dim}, decoder "
                         f"{config.tokenizer.decoder_width}/{config.tokenizer.decoder_depth}, conf/paper batch "
-                        f"{data['batch_size']}")
+                        f"{data['batch_size']}, activation checkpointing {trainer.activation_checkpointing}")
+    if objective == "ae":
+        section["note"] = (f"images/s counts whole batches; the ae preset reconstructs rec_fraction "
+                           f"({config.rec_fraction:g}) of each")
     return section
 
 
@@ -385,7 +390,8 @@ def dit_section(run: Run, preset: str) -> dict[str, Any]:
         run.reset_memory()
     model = config.model
     reference = LIGHTNINGDIT_REFERENCE[preset]
-    section["shape"] = (f"LightningDiT-{preset}/1 ({model.width}/{model.depth}/{model.heads}, patch {model.patch_size}) "
+    label = "tiny" if run.dry else preset
+    section["shape"] = (f"LightningDiT-{label}/1 ({model.width}/{model.depth}/{model.heads}, patch {model.patch_size}) "
                         f"on {channels}x{side}x{side} latents")
     section["reference"] = reference
     if reference["images_per_s_per_gpu"] is not None:
@@ -452,7 +458,9 @@ def latents_sampling_section(run: Run) -> dict[str, Any]:
                 pixels = tokenizer.decode(flow.sample_latents(noise, labels, sampler))
                 run.synchronize()
                 seconds = time.perf_counter() - start
-            flops = 2 * 50 * 2 * dit_forward_flops(dit_config.model) * batch  # CFG doubles the batch
+            # DiT FLOPs only: 50 steps of a forward on the CFG-doubled batch (guidance at every step of
+            # conf/paper's interval, 0 to 1); the decoder's are not counted.
+            flops = 50 * 2 * dit_forward_flops(dit_config.model) * batch
             row.update(status="ok" if torch.isfinite(pixels).all() else "failed", s_per_batch=seconds,
                        images_per_s=batch / seconds, peak_gib=run.peak_gib(), tflops=flops / seconds / 1e12,
                        mfu=run.mfu(flops / seconds) if precision == "bf16" else None)
@@ -735,8 +743,8 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [f"# GPU check{' (dry run)' if meta['dry_run'] else ''}", "",
              f"{meta['device']}, peak {peak}; torch {meta['torch']}, CUDA {meta['cuda']}; started {meta['started']}, "
              f"{meta['elapsed_s']:.0f} s of a {meta['budget_s']:g} s budget{'' if meta['finished'] else ' (unfinished)'}.",
-             "", "| section | case | batch | s/step | images/s | peak GiB | TFLOP/s | MFU | reference images/s/GPU | status |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "", "| section | case | batch | s/step | images/s | peak GiB | TFLOP/s | MFU | warm-up s | "
+             "reference images/s/GPU | status |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, section in results["sections"].items():
         reference = section.get("reference") or {}
         ref = reference.get("images_per_s_per_gpu")
@@ -745,7 +753,7 @@ def markdown(results: dict[str, Any]) -> str:
         rows = section.get("rows") or []
         if not rows:
             note = section.get("reason") or section.get("error") or ("see the checks below" if name == "checks" else "")
-            lines.append(f"| {name} | {note[:120]} | | | | | | | | {section['status']} |")
+            lines.append(f"| {name} | {note[:120]} | | | | | | | | | {section['status']} |")
         for row in rows:
             status = row.get("status", "")
             if row.get("error"):
@@ -757,7 +765,7 @@ def markdown(results: dict[str, Any]) -> str:
                 f"| {name} | {row['case']} | {_fmt(row.get('batch'))} | "
                 f"{_fmt(row.get('s_per_step', row.get('s_per_batch')))} | {_fmt(row.get('images_per_s'), 4)} | "
                 f"{_fmt(row.get('peak_gib'))} | {_fmt(row.get('tflops'))} | {'' if mfu is None else f'{mfu:.1%}'} | "
-                f"{ref_text} | {status} |")
+                f"{_fmt(row.get('warmup_s'))} | {ref_text} | {status} |")
     checks = results["sections"].get("checks", {}).get("checks")
     lines += ["", "| check | status | detail |", "|---|---|---|"]
     for name in CHECKS:
@@ -792,8 +800,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=540.0, help="wall-clock budget; later sections are skipped")
     parser.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak of the GPU (default: table)")
     parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
-    parser.add_argument("--steps", type=int, default=None, help="timed steps per case (default 8; dry run 2)")
-    parser.add_argument("--warmup-steps", type=int, default=None, help="untimed steps first (default 3; dry run 1)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per case (default 5; dry run 2)")
+    parser.add_argument("--warmup-steps", type=int, default=None,
+                        help="untimed steps first (default 2: a compile, then its recompile for the step number; dry run 1)")
     parser.add_argument("--max-batch", type=int, default=512, help="largest tokenizer batch tried (DiT: twice)")
     parser.add_argument("--compile-reserve-s", type=float, default=90.0,
                         help="a compiled case starts only with this much budget left")
@@ -802,8 +811,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample-batch-fp32", type=int, default=16)
     parser.add_argument("--sample-batch-bf16", type=int, default=64)
     args = parser.parse_args(argv)
-    args.steps = args.steps or (2 if args.dry_run else 8)
-    args.warmup_steps = args.warmup_steps if args.warmup_steps is not None else (1 if args.dry_run else 3)
+    args.steps = args.steps or (2 if args.dry_run else 5)
+    args.warmup_steps = args.warmup_steps if args.warmup_steps is not None else (1 if args.dry_run else 2)
     if args.dry_run:
         args.compile_reserve_s, args.repeats = 0.0, 1
     elif not torch.cuda.is_available():
