@@ -35,9 +35,10 @@ the next section runs. ``--budget-s`` bounds the wall time: a section that would
 is skipped with the reason recorded. Nothing is downloaded: every model is built from the
 project's configs with random weights (LPIPS' VGG too), and the data is synthetic.
 
-``--dry-run`` runs the same logic on the CPU at tiny shapes (no CUDA, compile with the ``eager``
-backend, the chain skipped): a check of the script and its output format, not of numbers.
-Asserts nothing.
+``--dry-run`` runs the same logic on the CPU at tiny shapes (no CUDA; torch.compile with the
+``eager`` backend, the tokenizer step compiled once, by the checks, not again in its sections;
+the chain skipped, conf/gpu's parameters validated instead): a check of the script and its
+output format, not of numbers (tests/pipelines/test_benchmarks_gpu_check.py). Asserts nothing.
 """
 
 from __future__ import annotations
