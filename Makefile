@@ -42,8 +42,28 @@ viz: setup
 viz-build: setup
 	$(BIN)/kedro viz build --include-previews
 
+# MLflow 3.17's UI opens an experiment on its GenAI pages (Traces, a pop-up) whatever the experiment's
+# tags say, unless the address asks for workflowType=machine_learning or the browser once chose
+# "Model training" (top left; it remembers). This prints the address of the runs table.
+MLFLOW_PORT ?= 5000
+define RUNS_TABLE_ADDRESS
+import sqlite3
+try:
+    row = sqlite3.connect("file:mlflow.db?mode=ro", uri=True).execute(
+        "select experiment_id from experiments where name = 'vtp-kedro'").fetchone()
+except sqlite3.Error:
+    row = None
+page = f"experiments/{row[0]}" if row else "experiments"
+print(f"The runs table: http://127.0.0.1:$(MLFLOW_PORT)/#/{page}?workflowType=machine_learning")
+endef
+export RUNS_TABLE_ADDRESS
+
 mlflow-ui: setup
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db
+	@$(BIN)/python -c "$$RUNS_TABLE_ADDRESS"
+	@# every worker of the server warns that MLflow imports a deprecated Starlette module: MLflow's
+	@# business, nothing a user of this project can act on
+	PYTHONWARNINGS="ignore:starlette.middleware.wsgi is deprecated" \
+	  $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --port $(MLFLOW_PORT)
 
 benchmark: setup
 	$(BIN)/python benchmarks/data_filtering.py

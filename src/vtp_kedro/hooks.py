@@ -106,7 +106,10 @@ class ProjectMlflowHook(MlflowHook):
     1. The tracking store defaults to a SQLite file in the project (MLflow 3 refuses the
        old ``./mlruns`` file store that kedro-mlflow falls back to); ``MLFLOW_TRACKING_URI``
        or ``server.mlflow_tracking_uri`` in ``mlflow.yml`` point it elsewhere. The experiment is
-       tagged as model development, so MLflow's UI opens on its runs table, not its GenAI pages.
+       tagged as model development (``mlflow.experimentKind``), which MLflow 3 UIs that read the
+       tag take to open it on its runs table rather than its GenAI pages. (MLflow 3.17's UI lets
+       its own GenAI / Model training switch decide instead: ``make mlflow-ui`` prints the
+       runs table's address.)
     2. Parameters are logged as flattened keys also when Kedro has already validated them
        into typed config objects (kedro-mlflow only flattens plain dicts).
     3. The run is tagged with the git commit, whether the tree was dirty, the Kedro
@@ -116,6 +119,10 @@ class ProjectMlflowHook(MlflowHook):
        pipeline's first node; that stage's parameters, metrics (its trainer's ``train/*``
        curves), artifacts and tags (``kedro_pipeline`` = the stage) go to it, so no chart mixes
        two trainings. ``kedro run --pipeline X`` (one stage) is that stage's run itself.
+       Kedro's sequential runner may run another stage's node between two of a stage's nodes: the
+       stage's run is then ended and reopened. Under another runner (threads, processes) nodes
+       run side by side and there is no one active stage: everything logs into the kedro run's
+       own run, as with kedro-mlflow alone, and a warning says so.
     5. At the end it records what the run read and wrote: ``resolved_config.json`` (every
        pipeline's parameters as validated, defaults filled in) and ``data_digests.json`` (the
        sha256 of every file or folder input and output, DVC's own ``outs`` among them), each
@@ -142,6 +149,8 @@ class ProjectMlflowHook(MlflowHook):
         self._stage: str | None = None  # the stage whose nested run is active
         self._stage_runs: dict[str, str] = {}  # stage -> its nested run's id
         self._stage_resolved: dict[str, dict[str, Any]] = defaultdict(dict)
+        self._stage_seconds: dict[str, float] = defaultdict(float)  # while its run was the active one
+        self._entered = 0.0
         self._tags: dict[str, str] = {}
 
     @hook_impl
@@ -162,6 +171,11 @@ class ProjectMlflowHook(MlflowHook):
             stages = set(self._stage_of.values()) - {None}
             # nested runs unless the run is exactly one named stage (then its own run is the stage's)
             self._nest = not (len(stages) == 1 and stages == set(names))
+            runner = str(run_params.get("runner"))
+            if self._nest and not (runner == "None" or "SequentialRunner" in runner):
+                log.warning("MLflow: one run for all stages (nested runs per stage need the sequential "
+                            "runner, not %s): charts of different stages' trainings share keys", runner)
+                self._nest = False
 
     @hook_impl
     def before_node_run(
@@ -200,13 +214,15 @@ class ProjectMlflowHook(MlflowHook):
         if stage in self._stage_runs:  # back to a stage after another's node (nodes interleaved)
             mlflow.start_run(run_id=self._stage_runs[stage], nested=True)
         else:
-            run = mlflow.start_run(run_name=stage, nested=True, tags={**self._tags, "kedro_pipeline": stage})
+            run = mlflow.start_run(run_name=stage, nested=True, parent_run_id=self.run_id,
+                                   tags={**self._tags, "kedro_pipeline": stage})
             self._stage_runs[stage] = run.info.run_id
             log.info("MLflow run '%s' (%s) nested in '%s'", stage, run.info.run_id, self.run_id)
-        self._stage = stage
+        self._stage, self._entered = stage, time.perf_counter()
 
     def _leave_stage(self, status: str = "FINISHED") -> None:
         if self._stage is not None:
+            self._stage_seconds[self._stage] += time.perf_counter() - self._entered
             mlflow.end_run(status)
             self._stage = None
 
@@ -223,6 +239,9 @@ class ProjectMlflowHook(MlflowHook):
                 nodes = [node for node in pipeline.nodes if self._stage_of.get(node.name) == stage]
                 stage_digests = data_digests(Pipeline(nodes), catalog, self._project_path)
                 client.log_dict(run_id, self._stage_resolved[stage], "resolved_config.json")
+                # Kedro may run another stage's nodes between two of this one's (the run is then
+                # reopened), so the run's duration can be longer than the stage's own time
+                client.log_metric(run_id, "stage_seconds", self._stage_seconds[stage])
                 client.log_dict(run_id, stage_digests, "data_digests.json")
                 for key, value in digest_tags(stage_digests).items():
                     client.set_tag(run_id, key, value)

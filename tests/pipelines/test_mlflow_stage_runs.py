@@ -65,7 +65,13 @@ def test_each_stage_is_its_own_run_nested_in_the_kedro_run(chain: tuple[Path, st
     assert "train/d_loss" in gan.data.metrics and "train/d_loss" not in tokenizer.data.metrics
     assert not any(key.startswith("train/") for key in children["data_filtering"].data.metrics)
 
-    # each stage's artifacts and digests in its own run
+    for stage, run in children.items():
+        assert run.data.metrics["stage_seconds"] > 0, stage  # the stage's own time, beside its duration
+
+    # each stage's artifacts and digests in its own run; report_filtering runs after the tokenizer's
+    # training (Kedro's order), in data_filtering's reopened run
+    assert "data_filtering/filter_counts.json" in {
+        a.path for a in client.list_artifacts(children["data_filtering"].info.run_id, "data_filtering")}
     assert "tokenizer_pretraining/training_curves.png" in {
         a.path for a in client.list_artifacts(tokenizer.info.run_id, "tokenizer_pretraining")}
     assert "decoder_gan/reconstructions.png" in {a.path for a in client.list_artifacts(gan.info.run_id, "decoder_gan")}
