@@ -2,12 +2,12 @@
 
 from kedro.config import OmegaConfigLoader
 
-from vtp_kedro.hooks import CatalogConfigHook, HeadlineHook, MissingInputsHook, ProjectMlflowHook
+from vtp_kedro.hooks import CatalogConfigHook, HeadlineHook, MissingInputsHook, ProjectMlflowHook, StageTimingHook
 
 # kedro-mlflow's own hook is replaced by the project's subclass of it (its distribution
 # names itself kedro_mlflow in recent wheels, kedro-mlflow in older ones).
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro-mlflow", "kedro_mlflow")
-HOOKS = (ProjectMlflowHook(), MissingInputsHook(), HeadlineHook(), CatalogConfigHook())
+HOOKS = (ProjectMlflowHook(), MissingInputsHook(), HeadlineHook(), CatalogConfigHook(), StageTimingHook())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

@@ -60,7 +60,18 @@ def test_every_point_has_its_own_folder_and_mlflow_run_tagged_with_its_coordinat
     assert {run.data.tags["scaling_study.budget_flops"] for run in runs} == {"3e+10", "6e+10"}
     run = next(r for r in runs if r.info.run_id in set(results["mlflow_run_id"]))
     assert run.data.tags["mlflow.parentRunId"]  # nested in the study's run
-    assert "train/loss" in run.data.metrics and "evaluation.understanding.linear_probe.top1" in run.data.metrics
+    # each stage of the point is its own run nested in the point's: one training per train/* chart
+    stages = {child.data.tags["kedro_pipeline"]: child for child in client.search_runs(
+        [experiment.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")}
+    assert sorted(stages) == sorted(["tokenizer_pretraining", "decoder_gan", "latent_extraction", "dit_training",
+                                     "evaluation"])
+    assert all(child.data.tags["scaling_study.point"] == run.data.tags["scaling_study.point"]
+               for child in stages.values())
+    for stage in ("tokenizer_pretraining", "decoder_gan", "dit_training"):
+        steps = [m.step for m in client.get_metric_history(stages[stage].info.run_id, "train/loss")]
+        assert steps and steps == sorted(set(steps)), (stage, steps)
+    assert "evaluation.understanding.linear_probe.top1" in stages["evaluation"].data.metrics
+    assert not any(key.startswith(("train/", "evaluation.")) for key in run.data.metrics)
     assert run.data.metrics["scaling_study.linear_probe"] == pytest.approx(
         float(results.set_index("mlflow_run_id").loc[run.info.run_id, "linear_probe"]))
 

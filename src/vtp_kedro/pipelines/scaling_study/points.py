@@ -58,11 +58,18 @@ class PlannedPoint:
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def point_stages() -> dict[str, Pipeline]:
+    """The default chain after data filtering by stage, in order, without the reference classifier's
+    fit (one for the study)."""
+    stages = dict(zip(DOWNSTREAM_STAGES, (tokenizer_pretraining(), decoder_gan(), latent_extraction(),
+                                          dit_training(), evaluation())))
+    return {name: Pipeline([node for node in stage.nodes if node.name != "fit_reference_classifier"])
+            for name, stage in stages.items()}
+
+
 def point_pipeline() -> Pipeline:
     """The default chain after data filtering, without the reference classifier's fit (one for the study)."""
-    chain = sum((create() for create in (tokenizer_pretraining, decoder_gan, latent_extraction, dit_training,
-                                         evaluation)), Pipeline([]))
-    return Pipeline([node for node in chain.nodes if node.name != "fit_reference_classifier"])
+    return sum(point_stages().values(), Pipeline([]))
 
 
 def relocate(path: str, data_dir: Path, point_dir: Path) -> str:
@@ -125,6 +132,21 @@ def point_mlflow_run(point: GridPoint, params: Mapping[str, Config]) -> Iterator
         yield run.info.run_id
 
 
+@contextlib.contextmanager
+def stage_mlflow_run(stage: str, point: GridPoint) -> Iterator[None]:
+    """The stage's own MLflow run, nested in the point's (as ``kedro run`` nests a stage's run in its
+    own), so each training's ``train/*`` curves have their own charts; tagged ``kedro_pipeline`` and
+    ``scaling_study.point``. Nothing without an active run."""
+    import mlflow
+
+    if mlflow.active_run() is None:
+        yield
+        return
+    with mlflow.start_run(run_name=stage, nested=True,
+                          tags={"kedro_pipeline": stage, "scaling_study.point": point.name}):
+        yield
+
+
 def read_point_record(point_dir: Path, fingerprint: str) -> dict[str, Any] | None:
     """The finished point's record if it was made with this fingerprint, else None."""
     path = point_dir / POINT_RECORD
@@ -146,7 +168,9 @@ def point_row(planned: PlannedPoint, catalog: DataCatalog, mlflow_run_id: str | 
 def run_point(planned: PlannedPoint, catalog: DataCatalog, point_dir: Path, fingerprint: str) -> str | None:
     """Run (or resume) the point's downstream chain and write ``point.json``; returns its MLflow run id."""
     with point_mlflow_run(planned.point, planned.params) as run_id:
-        SequentialRunner().run(point_pipeline(), catalog)
+        for stage, pipeline in point_stages().items():  # each stage's inputs are on disk by then
+            with stage_mlflow_run(stage, planned.point):
+                SequentialRunner().run(pipeline, catalog)
         if run_id is not None:
             import mlflow
 
