@@ -7,7 +7,9 @@ On the labelled split (``train`` to fit, ``val`` to score) it trains and prints,
 chance level:
 
 (a) a small supervised CNN from scratch (``SmallCNN``: 3 conv blocks, AdamW, flips): the
-    task is learnable and its labels are visible (target >= 90% within 2 minutes on 2 cores);
+    task is learnable and its labels are visible (target >= 97% within 2 minutes on 2 cores);
+    and the same CNN on the val images downsampled 2x and upsampled back: the class survives
+    a coarse reconstruction (target >= 90%);
 (b) a linear classifier (logistic regression, best of an L2 sweep) on raw pixels: the
     task needs a representation, not a template (target <= 35%);
 (c) a weighted k-NN (k = 20) on raw pixels;
@@ -34,7 +36,14 @@ from pathlib import Path
 import torch
 import yaml
 
-from vtp_kedro.vtp.data.embedded_task import LabelledSplit, load_labelled_split, pixel_features, train_cnn
+from vtp_kedro.vtp.data.embedded_task import (
+    LabelledSplit,
+    cnn_accuracy,
+    coarsened,
+    load_labelled_split,
+    pixel_features,
+    train_cnn,
+)
 from vtp_kedro.vtp.data.synthetic import SyntheticConfig, write_labelled_folder
 from vtp_kedro.vtp.data.preprocess import normalize
 from vtp_kedro.vtp.inference import Tokenizer, load_tokenizer
@@ -120,6 +129,8 @@ def main() -> None:
         cnn = train_cnn(train, val, epochs=args.epochs, seed=args.seed)
         rows.append(("small CNN (supervised)", "pixels", cnn.val_top1, cnn.train_top1, cnn.seconds,
                      f"{cnn.epochs} epochs from scratch"))
+        rows.append(("small CNN (supervised)", "2x coarsened val", cnn_accuracy(cnn.model, coarsened(val)), None, 0.0,
+                     "the same CNN; val downsampled 2x and upsampled back"))
 
     for folder in args.tokenizer:
         tokenizer, run_config = load_tokenizer(folder), run_config_of(folder)
@@ -140,8 +151,10 @@ def main() -> None:
     for name, _, val_top1, *_ in rows:
         if name == "linear" and not args.skip_pixels:
             record_target("embedded_task", "linear probe on raw pixels (val top-1)", val_top1, 0.35, False)
-        if name == "small CNN (supervised)":
-            record_target("embedded_task", "supervised CNN (val top-1)", val_top1, 0.90, True)
+        if name == "small CNN (supervised)" and _ == "pixels":
+            record_target("embedded_task", "supervised CNN (val top-1)", val_top1, 0.97, True)
+        if name == "small CNN (supervised)" and _ == "2x coarsened val":
+            record_target("embedded_task", "supervised CNN on 2x coarsened val (top-1)", val_top1, 0.90, True)
     width = max(len(r[0]) for r in rows)
     fwidth = max(len(r[1]) for r in rows)
     print(f"\n{'classifier':<{width}}  {'features':<{fwidth}}  {'val top-1':>9}  {'train':>6}  {'seconds':>7}  notes")

@@ -3,6 +3,8 @@ import torch
 
 from vtp_kedro.vtp.data.embedded_task import (
     SmallCNN,
+    cnn_accuracy,
+    coarsened,
     load_labelled_split,
     pixel_features,
     render_labelled_split,
@@ -43,12 +45,16 @@ def one_thread():
 def test_labels_of_the_default_generator_are_visible_to_a_small_cnn(one_thread):
     """A generator change that hides the main object (too small, too faint, lost among
     distractors) fails here: a small CNN trained from scratch on a small default split
-    (2000 images; ~80% val top-1, ~40 s on one core) must read the labels far above chance
+    (2000 images; ~90% val top-1, ~40 s on one core) must read the labels far above chance
     (10%), while raw pixels stay a poor linear template."""
     config = SyntheticConfig()  # the generator's defaults, as data_generation uses them
     train = render_labelled_split(config, "train", 200)
     val = render_labelled_split(config, "val", 20)
     result = train_cnn(train, val, epochs=20, batch_size=32, width=16, seed=0)
-    assert result.val_top1 >= 0.6, result
+    assert result.val_top1 >= 0.75, result
+    # the class survives a 2x coarser image: the CNN of the originals still reads most of them
+    coarse = cnn_accuracy(result.model, coarsened(val))
+    print(f"cnn val {result.val_top1:.3f}, on 2x coarsened val {coarse:.3f}")
+    assert coarse >= 0.5, coarse
     pixels = linear_probe(pixel_features(train.images), train.labels, pixel_features(val.images), val.labels, 10)
     assert pixels.top1 <= 0.35, pixels

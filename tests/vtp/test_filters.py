@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from vtp_kedro.vtp.data.filter_report import (
+    planted_defect_outcome,
     plot_caption_length_histogram,
     plot_resolution_histogram,
     read_filter_report,
@@ -120,11 +121,12 @@ def test_near_duplicate_is_caught_within_threshold(tmp_path: Path) -> None:
 
 
 def test_the_copy_check_keeps_a_picture_the_hash_cannot_tell_apart(tmp_path: Path) -> None:
-    # the same scene with a red and with a blue main object: one grey pHash, two pictures
+    # the same scene with a red and with a blue main object: nearly one grey pHash, two pictures
     scene = sample_scene(SyntheticConfig(), "train", 9)
-    blue = dataclasses.replace(scene, objects=(dataclasses.replace(scene.objects[0], colour="blue"), *scene.objects[1:]))
-    red_image, blue_image = draw_scene(scene, 32), draw_scene(blue, 32)
-    assert _phash(red_image) == _phash(blue_image)
+    red = dataclasses.replace(scene, objects=(dataclasses.replace(scene.objects[0], rgb=(220, 40, 40)), *scene.objects[1:]))
+    blue = dataclasses.replace(scene, objects=(dataclasses.replace(scene.objects[0], rgb=(40, 90, 220)), *scene.objects[1:]))
+    red_image, blue_image = draw_scene(red, 32), draw_scene(blue, 32)
+    assert bin(_phash(red_image) ^ _phash(blue_image)).count("1") <= 4  # within the rule's 8 bits
     samples = [_sample("red", 0, jpg=None, png=_encode(red_image, "PNG")),
                _sample("blue", 0, jpg=None, png=_encode(blue_image, "PNG")),
                _sample("red_again", 0, jpg=_encode(red_image.resize((48, 48), Image.BICUBIC), quality=80))]
@@ -435,7 +437,8 @@ def test_report_round_trips_through_its_folder(tmp_path) -> None:
 
 
 def test_filtering_catches_every_defect_the_generator_plants(tmp_path) -> None:
-    """End to end: each planted web-data defect is dropped under the rule named after it."""
+    """End to end, with the default rules: each planted web-data defect (near duplicates
+    included) is dropped under the rule named after it, and no clean sample is dropped."""
     import collections
     import json
 
@@ -445,6 +448,10 @@ def test_filtering_catches_every_defect_the_generator_plants(tmp_path) -> None:
     planted = collections.Counter(json.loads(s["json"]).get("defect") for s in iter_captioned_samples(config, 300, defect_fraction=0.3))
     assert set(planted) - {None} == set(DEFECTS)
     write_captioned_shards(tmp_path / "raw", config, count=300, samples_per_shard=50, defect_fraction=0.3)
-    report = filter_shards(str(tmp_path / "raw"), tmp_path / "out", FilterRules(near_dup_hamming=None), samples_per_shard=100)
+    report = filter_shards(str(tmp_path / "raw"), tmp_path / "out", FilterRules(), samples_per_shard=100)
     assert {reason: n for reason, n in report.dropped.items() if n} == {d: planted[d] for d in DEFECTS}
     assert report.kept == planted[None]
+    outcome = planted_defect_outcome(tmp_path / "raw", tmp_path / "out")
+    assert outcome == {"planted": {d: {"planted": planted[d], "dropped": planted[d]} for d in sorted(DEFECTS)},
+                       "clean": {"total": planted[None], "dropped": 0}}
+    assert planted_defect_outcome(tmp_path / "out", tmp_path / "out") is None  # no planted faults: no section

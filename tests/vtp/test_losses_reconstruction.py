@@ -102,6 +102,22 @@ def test_vgg_backbone_without_weights_fails_at_construction(tmp_path, monkeypatc
         ReconstructionLoss(ReconstructionLossConfig())
 
 
+def test_auto_backbone_uses_real_weights_when_found_and_l1_alone_otherwise(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    images = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)
+    without = ReconstructionLoss(ReconstructionLossConfig(perceptual_backbone="auto"))
+    assert without.perceptual is None  # no random VGG stands in for the real one
+    loss, metrics = without(*images)
+    assert set(metrics) == {"l1", "perceptual"} and metrics["perceptual"] == 0
+    torch.testing.assert_close(loss, metrics["l1"])
+    state = fake_vgg16_features(seed=5)
+    torch.save(state, tmp_path / VGG16_WEIGHTS)
+    found = ReconstructionLoss(ReconstructionLossConfig(perceptual_backbone="auto", weights_dir=str(tmp_path)))
+    torch.testing.assert_close(getattr(found.perceptual.net.slice5, "28").weight, state["features.28.weight"])
+    loss, metrics = found(*images)
+    assert metrics["perceptual"] == 1 and loss > metrics["l1"]
+
+
 def test_wrong_weights_file_is_named(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     torch.save({"conv.weight": torch.zeros(1)}, tmp_path / VGG16_WEIGHTS)

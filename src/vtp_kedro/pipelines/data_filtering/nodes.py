@@ -12,6 +12,7 @@ from vtp_kedro.datasets.folder import FolderWriter
 from vtp_kedro.vtp.config import Config
 from vtp_kedro.vtp.data.filter_report import (
     plot_caption_length_histogram,
+    planted_defect_outcome,
     plot_resolution_histogram,
     read_filter_report,
     write_filter_report,
@@ -63,12 +64,18 @@ def filter_captioned_shards(raw_captioned_shards: Path, params: DataFilteringPar
 
 
 def report_filtering(
-    filtered_shards: Path,
+    filtered_shards: Path, raw_captioned_shards: Path, params: DataFilteringParams,
 ) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]], Figure, Figure]:
-    """Counts per rule (a DVC metric and MLflow metrics), the shard manifest and two histograms."""
+    """Counts per rule (a DVC metric and MLflow metrics), the shard manifest and two histograms.
+
+    On data with planted faults (the embedded generator's), ``planted_defects`` counts each kind
+    planted and dropped, and the clean samples dropped."""
     report = read_filter_report(filtered_shards)
     counts = report.to_dict()
     manifest = counts.pop("shards")
+    outcome = planted_defect_outcome(params.input_shards or str(raw_captioned_shards), filtered_shards)
+    if outcome is not None:
+        counts["planted_defects"] = outcome
     metrics = {name: {"value": float(value), "step": 0} for name, value in _flatten(counts).items()}
     return (
         counts,

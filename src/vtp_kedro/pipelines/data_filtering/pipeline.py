@@ -14,7 +14,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             node(
                 report_filtering,
-                inputs="filtered_shards",
+                inputs=["filtered_shards", "raw_captioned_shards", "params:data_filtering"],
                 outputs=[
                     "filter_counts",
                     "filter_metrics",

@@ -199,14 +199,21 @@ def near_edges(layout: DedupLayout, partition: int, offsets: np.ndarray, exclude
     records = records[np.lexsort((records["index"], records["band"]))]
     starts = np.flatnonzero(np.r_[True, records["band"][1:] != records["band"][:-1]])
     sizes = np.diff(np.r_[starts, len(records)])
+    bands = pigeonhole_bands(layout.threshold)
     edges = []
     for start, size in zip(starts[sizes > 1], sizes[sizes > 1]):
         group = records[start:start + size]
+        band_id = int(group["band"][0] >> np.uint64(56))
         for block in range(0, size, _BLOCK):  # rows [block, block + _BLOCK) against all earlier rows
             rows = group[block:block + _BLOCK]
             earlier_rows = group[:block + len(rows)]
-            distance = np.bitwise_count(rows["phash"][:, None] ^ earlier_rows["phash"][None, :])
-            close = distance <= layout.threshold
+            differing = rows["phash"][:, None] ^ earlier_rows["phash"][None, :]
+            close = np.bitwise_count(differing) <= layout.threshold
+            # Two hashes meet in every band they agree on, and each band may sit in another
+            # partition: a pair of hashes is taken only in the first band they agree on, so that
+            # it is copy-checked once in the whole dedup, not once per shared band.
+            for shift, mask in bands[:band_id]:
+                close &= ((differing >> np.uint64(shift)) & np.uint64(mask)) != 0
             close &= np.arange(block + len(rows))[None, :] < np.arange(block, block + len(rows))[:, None]
             close &= (rows["base"][:, None] | earlier_rows["base"][None, :]).astype(bool)  # an own hash in each pair
             close &= rows["index"][:, None] != earlier_rows["index"][None, :]  # an image and its own crop

@@ -73,6 +73,16 @@ def render_labelled_split(config: SyntheticConfig, split: str, per_class: int) -
     return LabelledSplit(torch.stack(images), torch.tensor(labels, dtype=torch.int64), SHAPES)
 
 
+def coarsened(split: LabelledSplit, factor: int = 2) -> LabelledSplit:
+    """The split downsampled ``factor`` times (antialiased bilinear) and upsampled back (bilinear):
+    what a reconstruction that keeps only a ``factor``-times coarser grid can show. A classifier
+    of the originals that still reads these knows the class from its coarse shape."""
+    x = split.images.float()
+    small = F.interpolate(x, scale_factor=1 / factor, mode="bilinear", antialias=True, align_corners=False)
+    back = F.interpolate(small, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    return LabelledSplit(back.round().clamp(0, 255).to(torch.uint8), split.labels, split.classes)
+
+
 def pixel_features(images: Tensor) -> Tensor:
     """Raw pixels as vectors in [0, 1]: ``(N, 3 * H * W)``."""
     return images.reshape(images.shape[0], -1).float() / 255.0

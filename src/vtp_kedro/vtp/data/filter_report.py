@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import fsspec
 import numpy as np
@@ -16,7 +17,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from vtp_kedro.vtp.data.filters import FilterReport
-from vtp_kedro.vtp.data.shards import SHARD_MANIFEST, ShardInfo
+from vtp_kedro.vtp.data.shards import SHARD_MANIFEST, ShardInfo, expand_urls, iter_shard_samples
 from vtp_kedro.vtp.io import join, write_bytes
 
 REPORT_FILE = SHARD_MANIFEST  # the report lists each shard's samples and sha256
@@ -50,6 +51,29 @@ def read_filter_report(folder: str | Path) -> FilterReport:
             widths=stats["widths"], heights=stats["heights"],
             caption_words=stats["caption_words"], kept_mask=stats["kept_mask"],
         )
+
+def planted_defect_outcome(input_shards: str | Path, filtered_shards: str | Path) -> dict[str, Any] | None:
+    """What the filter did with the faults a generator planted (samples whose JSON names a ``defect``).
+
+    Returns ``{"planted": {defect: {"planted": n, "dropped": n}}, "clean": {"total": n, "dropped": n}}``
+    (``clean``: the samples with no planted fault, of which none should be dropped but by a
+    true duplicate), or None when no input sample names a defect (real data).
+    """
+    planted: dict[str, dict[str, int]] = {}
+    clean = {"total": 0, "dropped": 0}
+    kept = {sample["__key__"] for url in expand_urls(str(join(filtered_shards, "*.tar")))
+            for sample in iter_shard_samples(url)}
+    for url in expand_urls(str(input_shards)):
+        for sample in iter_shard_samples(url):
+            raw = sample.get("json")
+            defect = json.loads(raw).get("defect") if raw else None
+            tally = clean if defect is None else planted.setdefault(defect, {"planted": 0, "dropped": 0})
+            tally["total" if defect is None else "planted"] += 1
+            tally["dropped"] += sample["__key__"] not in kept
+    if not planted:
+        return None
+    return {"planted": dict(sorted(planted.items())), "clean": clean}
+
 
 _MAX_INTEGER_BINS = 100
 

@@ -1,10 +1,15 @@
-"""The embedded captioned-image dataset: procedural scenes of coloured shapes with captions.
+"""The embedded captioned-image dataset (version 2): one large shape per image, with captions.
 
-No image can be downloaded here, so the default data is drawn. A scene holds one to three
-objects (shape, colour, size, a cell of a 3x3 grid) on a textured background, and comes
-with a natural-language caption ("a large red star in the top left and a small blue ring,
-on a striped grey background") and a class label: the shape of the main object, which is
-the largest one and is always described first.
+No image can be downloaded here, so the default data is drawn. A scene is one large main
+object (its shape is the class label) filling 55-80% of the image side, jittered around the
+centre and rotated, at most one small distractor of another shape in a corner behind it, on a
+low-contrast textured background. Object and background colours are uniformly random (a
+caption names the nearest palette colour), so colour says nothing about the class and a linear template of raw pixels
+cannot read it, while the shape survives a 2x downsampling and a multi-crop (the calibration
+is ``vtp.data.embedded_task`` and ``benchmarks/embedded_task.py``). Each image comes with a
+natural-language caption ("a big blue star near the middle, a tiny pink ring in the top left
+corner, on a striped grey background"): the main shape is named in most captions, among its
+colour, size and place, not always first and not always at all.
 
 Every sample is a pure function of ``(seed, split, index)``: its random numbers come from
 ``numpy.random.SeedSequence([seed, crc32(split), index])``, so samples can be generated in
@@ -25,11 +30,10 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pydantic
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
 from vtp_kedro.vtp.config import Config
 from vtp_kedro.vtp.data.shards import ShardInfo, write_shards
@@ -56,53 +60,59 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "cyan": (40, 200, 215),
 }
 BACKGROUNDS: tuple[str, ...] = ("solid", "stripes", "checks", "dots", "noise_gradient")
-SIZES: tuple[str, ...] = ("small", "medium", "large")
-# Row-major cells of the 3x3 grid.
-POSITIONS: tuple[str, ...] = (
-    "top left", "top centre", "top right",
-    "centre left", "centre", "centre right",
-    "bottom left", "bottom centre", "bottom right",
-)
+CORNERS: tuple[str, ...] = ("top left", "top right", "bottom left", "bottom right")
 
-# Side of an object's bounding box as a fraction of its grid cell.
-# Large and medium differ by a factor 0.65 / 0.95: a distractor must look clearly smaller than the main object.
-SIZE_FRACTION = {"small": 0.45, "medium": 0.65, "large": 0.95}
+MAIN_SIZE = (0.55, 0.80)  # the main object's bounding box, as a fraction of the image side
+DISTRACTOR_SIZE = (0.14, 0.22)  # the distractor's: always far smaller than the main object
+# Most scenes carry a distractor: besides making the task need more than a template, it keeps two
+# distinct scenes of one shape apart for the near-duplicate rule (one corner object differs).
+DISTRACTOR_PROBABILITY = 0.9
+CENTRE_JITTER = 0.6  # the main object's centre moves up to this share of its free margin
 JPEG_QUALITY = 95  # img2dataset's default
 SUPERSAMPLE = 4  # drawn at 4x the output side, then LANCZOS-downsampled: anti-aliased edges
-MAX_ROTATION = 15.0  # degrees; more would turn a square into a diamond and a cross into an x
-MIN_CONTRAST = 120.0  # RGB distance between an object colour and both background tones
+MAX_ROTATION = 20.0  # degrees; more would turn a square into a diamond and a cross into an x
+MIN_CONTRAST = 120.0  # RGB distance between an object's colour and both background tones
+TEXTURE_CONTRAST = 0.15  # the texture's second tone: the background colour moved 15% towards white or black
 TEXTURE_PERIODS = (1 / 8, 1 / 6, 1 / 5)  # stripe/check/dot period as a fraction of the image side
 TEXTURE_ANGLES = (0, 45, 90, 135)
-NOISE_STD = 12.0  # grey levels of the noise-gradient background's per-pixel noise
+NOISE_STD = 6.0  # grey levels of the noise-gradient background's per-pixel noise
+# Half the scenes are softly out of focus, so that a classifier of the shapes (the evaluation's
+# reference, the supervised ceiling) also knows them at the sharpness of a coarse reconstruction.
+BLUR_PROBABILITY = 0.5
+BLUR_RADIUS = (0.3, 1.2)
+SHAPE_NAMED = 0.85  # share of captions that name the main shape (the rest say "shape", "object", ...)
+# Share of the main object's and of the background's descriptions that name a colour. Colours
+# are the easiest thing to match a caption by; named always, they are all a contrastive
+# objective learns, and the shape (the class) never is.
+COLOUR_NAMED = 0.35
 
 
 class SyntheticConfig(Config):
     """Resolution, seed and scene complexity of the generated dataset.
 
-    ``min_main_size`` is the smallest size the main (labelled) object may take. The default,
-    ``large``, draws every main object at ``SIZE_FRACTION["large"]`` of its cell (about 10 px of
-    a 32-px image): at 32 px, with 300 images per class, a small CNN reads ``medium`` main
-    objects (7 px) among distractors at 66% and ``large`` ones at 86%, and 95% with 500 per
-    class (README, "The embedded dataset"). The other objects are always strictly smaller.
+    ``max_objects`` is 1 (the main object alone) or 2 (a small distractor in 90% of the scenes).
     """
 
     image_size: int = pydantic.Field(32, ge=16)
     seed: int = pydantic.Field(0, ge=0)
-    max_objects: int = pydantic.Field(3, ge=1, le=3)
-    min_main_size: Literal["small", "medium", "large"] = "large"
+    max_objects: int = pydantic.Field(2, ge=1, le=2)
 
 
 @dataclass(frozen=True)
 class SceneObject:
-    """One object; ``offset_x/y`` in [-1, 1] move it inside its cell, in units of the cell's free margin."""
+    """One object: its bounding box's centre ``(cx, cy)`` and long side ``size``, as fractions of the image side.
+
+    ``rgb`` is the colour drawn, ``colour`` the nearest palette name (what the caption says).
+    """
 
     shape: str
     colour: str
-    size: str
-    position: str
+    rgb: tuple[int, int, int]
+    size: float
+    cx: float
+    cy: float
     rotation: float
-    offset_x: float
-    offset_y: float
+    place: str  # "centre" for the main object, a corner for a distractor
 
 
 @dataclass(frozen=True)
@@ -111,6 +121,7 @@ class Background:
 
     pattern: str
     colour: str
+    rgb: tuple[int, int, int]
     angle: int
     period: float
     noise_seed: int
@@ -118,10 +129,11 @@ class Background:
 
 @dataclass(frozen=True)
 class Scene:
-    """Everything needed to draw an image; ``objects[0]`` is the main (largest) object."""
+    """Everything needed to draw an image; ``objects[0]`` is the main (labelled) object."""
 
     objects: tuple[SceneObject, ...]
     background: Background
+    blur: float = 0.0  # Gaussian radius in output pixels: soft focus, as photographs have it
 
     @property
     def label(self) -> int:
@@ -156,60 +168,74 @@ def _seed_sequence(config: SyntheticConfig, split: str, index: int, main_shape: 
     return np.random.SeedSequence(entropy)
 
 
-def _second_tone(colour: str) -> np.ndarray:
-    """The texture's other tone: the background colour moved 30% towards white (dark) or black (light)."""
-    rgb = np.asarray(COLOURS[colour], dtype=np.float64)
+def _second_tone(rgb: tuple[int, int, int] | np.ndarray) -> np.ndarray:
+    """The texture's other tone: the colour moved ``TEXTURE_CONTRAST`` towards white (dark) or black (light)."""
+    rgb = np.asarray(rgb, dtype=np.float64)
     luminance = rgb @ np.array([0.299, 0.587, 0.114])
     target = 255.0 if luminance < 140 else 0.0
-    return rgb + 0.3 * (target - rgb)
+    return rgb + TEXTURE_CONTRAST * (target - rgb)
 
 
-@functools.cache
-def _contrasting_colours(background: str) -> tuple[str, ...]:
-    tones = (np.asarray(COLOURS[background], dtype=np.float64), _second_tone(background))
-    return tuple(
-        name for name, rgb in COLOURS.items()
-        if name != background and min(np.linalg.norm(np.asarray(rgb) - t) for t in tones) >= MIN_CONTRAST
-    )
+_PALETTE = np.array(list(COLOURS.values()), dtype=np.float64)
+
+
+def colour_name(rgb: tuple[int, int, int] | np.ndarray) -> str:
+    """The palette name nearest to ``rgb`` (what a caption calls the colour)."""
+    return list(COLOURS)[int(np.linalg.norm(_PALETTE - np.asarray(rgb, dtype=np.float64), axis=1).argmin())]
+
+
+def _random_colour(rng: np.random.Generator, avoid: tuple[np.ndarray, ...] = ()) -> tuple[int, int, int]:
+    """A uniformly random RGB colour at least ``MIN_CONTRAST`` from every colour in ``avoid``.
+
+    Colours are continuous, not a palette, so that two distinct scenes almost never share both
+    their object's and their background's colour: the near-duplicate rule, which forgives a
+    brightness or contrast change, must not take one for a copy of the other.
+    """
+    for _ in range(1000):
+        rgb = rng.integers(0, 256, size=3)
+        if all(np.linalg.norm(rgb - tone) >= MIN_CONTRAST for tone in avoid):
+            return tuple(int(v) for v in rgb)
+    raise RuntimeError(f"no colour {MIN_CONTRAST} from {avoid} in 1000 draws")  # cannot happen for one background
 
 
 def sample_scene(config: SyntheticConfig, split: str, index: int, main_shape: str | None = None) -> Scene:
     """Draw the scene description of sample ``index`` of ``split`` (optionally forcing the main shape)."""
-    scene_rng = np.random.default_rng(_seed_sequence(config, split, index, main_shape).spawn(2)[0])
+    rng = np.random.default_rng(_seed_sequence(config, split, index, main_shape).spawn(2)[0])
+    background_rgb = _random_colour(rng)
     background = Background(
-        pattern=str(scene_rng.choice(BACKGROUNDS)),
-        colour=str(scene_rng.choice(list(COLOURS))),
-        angle=int(scene_rng.choice(TEXTURE_ANGLES)),
-        period=float(scene_rng.choice(TEXTURE_PERIODS)),
-        noise_seed=int(scene_rng.integers(2**31)),
+        pattern=str(rng.choice(BACKGROUNDS)),
+        colour=colour_name(background_rgb),
+        rgb=background_rgb,
+        angle=int(rng.choice(TEXTURE_ANGLES)),
+        period=float(rng.choice(TEXTURE_PERIODS)),
+        noise_seed=int(rng.integers(2**31)),
     )
-    count = int(scene_rng.integers(1, config.max_objects + 1))
-    # The main object is strictly the largest when there are several, so the label is visible in the image.
-    main_sizes = SIZES[SIZES.index(config.min_main_size):]
-    if count > 1:
-        main_sizes = tuple(s for s in main_sizes if s != SIZES[0])  # with company it cannot be the smallest
-    main_size = str(scene_rng.choice(main_sizes))
-    smaller = SIZES[: SIZES.index(main_size)]
-    sizes = [main_size] + [str(scene_rng.choice(smaller)) for _ in range(count - 1)]
-    main = main_shape if main_shape is not None else str(scene_rng.choice(SHAPES))
-    # Secondary shapes differ from the main one so the label stays unambiguous.
-    others = scene_rng.choice([s for s in SHAPES if s != main], size=count - 1, replace=False)
-    shapes = [main, *map(str, others)]
-    colours = scene_rng.choice(_contrasting_colours(background.colour), size=count, replace=False)
-    cells = scene_rng.choice(len(POSITIONS), size=count, replace=False)  # distinct cells: nothing hidden
-    objects = tuple(
-        SceneObject(
-            shape=shapes[i],
-            colour=str(colours[i]),
-            size=sizes[i],
-            position=POSITIONS[int(cells[i])],
-            rotation=round(float(scene_rng.uniform(-MAX_ROTATION, MAX_ROTATION)), 2),
-            offset_x=round(float(scene_rng.uniform(-1, 1)), 3),
-            offset_y=round(float(scene_rng.uniform(-1, 1)), 3),
-        )
-        for i in range(count)
-    )
-    return Scene(objects=objects, background=background)
+    main = main_shape if main_shape is not None else str(rng.choice(SHAPES))
+    size = float(rng.uniform(*MAIN_SIZE))
+    margin = (1.0 - size) / 2 * CENTRE_JITTER
+    tones = (np.asarray(background_rgb, dtype=np.float64), _second_tone(background_rgb))
+    main_rgb = _random_colour(rng, tones)
+    objects = [SceneObject(
+        shape=main, colour=colour_name(main_rgb), rgb=main_rgb, size=round(size, 4),
+        cx=round(0.5 + float(rng.uniform(-margin, margin)), 4), cy=round(0.5 + float(rng.uniform(-margin, margin)), 4),
+        rotation=round(float(rng.uniform(-MAX_ROTATION, MAX_ROTATION)), 2), place="centre",
+    )]
+    # Always drawn, so that a scene's numbers do not depend on max_objects beyond the distractor itself.
+    distractor_shape = str(rng.choice([s for s in SHAPES if s != main]))
+    distractor_size = float(rng.uniform(*DISTRACTOR_SIZE))
+    corner = str(rng.choice(CORNERS))
+    rotation = round(float(rng.uniform(-MAX_ROTATION, MAX_ROTATION)), 2)
+    with_distractor = rng.random() < DISTRACTOR_PROBABILITY
+    if config.max_objects > 1 and with_distractor:
+        half = distractor_size / 2 + 0.02
+        distractor_rgb = _random_colour(rng, tones)
+        objects.append(SceneObject(
+            shape=distractor_shape, colour=colour_name(distractor_rgb), rgb=distractor_rgb,
+            size=round(distractor_size, 4), cx=round(half if "left" in corner else 1 - half, 4),
+            cy=round(half if "top" in corner else 1 - half, 4), rotation=rotation, place=corner,
+        ))
+    blur = round(float(rng.uniform(*BLUR_RADIUS)), 3) if rng.random() < BLUR_PROBABILITY else 0.0
+    return Scene(objects=tuple(objects), background=background, blur=blur)
 
 
 # ---- drawing ---------------------------------------------------------------------------------
@@ -261,16 +287,12 @@ def _fitted_outline(shape: str, rotation: float) -> np.ndarray:
 
 def _object_box(obj: SceneObject, side: int) -> tuple[float, float, float]:
     """Centre (x, y) and half-extent, in pixels of a ``side``-pixel canvas, of an object's bounding box."""
-    cell = side / 3
-    row, col = divmod(POSITIONS.index(obj.position), 3)
-    half = SIZE_FRACTION[obj.size] * cell / 2
-    margin = cell / 2 - half
-    return (col + 0.5) * cell + obj.offset_x * margin, (row + 0.5) * cell + obj.offset_y * margin, half
+    return obj.cx * side, obj.cy * side, obj.size * side / 2
 
 
 def _draw_object(canvas: Image.Image, obj: SceneObject) -> None:
     cx, cy, half = _object_box(obj, canvas.width)
-    colour = COLOURS[obj.colour]
+    colour = obj.rgb
     draw = ImageDraw.Draw(canvas)
     box = (cx - half, cy - half, cx + half, cy + half)
     if obj.shape == "circle":
@@ -318,10 +340,10 @@ def _texture_mix(background: Background, image_size: int) -> np.ndarray:
 
 def _draw_background(background: Background, image_size: int) -> Image.Image:
     side = image_size * SUPERSAMPLE
-    base = COLOURS[background.colour]
+    base = background.rgb
     if background.pattern == "solid":
         return Image.new("RGB", (side, side), base)
-    tone = _second_tone(background.colour).astype(np.float32)
+    tone = _second_tone(base).astype(np.float32)
     base_array = np.asarray(base, dtype=np.float32)
     pixels = base_array + _texture_mix(background, image_size)[..., None] * (tone - base_array)
     if background.pattern == "noise_gradient":
@@ -334,18 +356,17 @@ def _draw_background(background: Background, image_size: int) -> Image.Image:
 def draw_scene(scene: Scene, image_size: int) -> Image.Image:
     """Render ``scene`` as an ``image_size`` x ``image_size`` RGB image."""
     canvas = _draw_background(scene.background, image_size)
-    for obj in scene.objects:
+    for obj in reversed(scene.objects):  # the distractor behind the main object: the label is never hidden
         _draw_object(canvas, obj)
-    return canvas.resize((image_size, image_size), Image.Resampling.LANCZOS)
+    image = canvas.resize((image_size, image_size), Image.Resampling.LANCZOS)
+    return image.filter(ImageFilter.GaussianBlur(scene.blur)) if scene.blur > 0 else image
 
 
 # ---- captions --------------------------------------------------------------------------------
 
-SIZE_WORDS = {
-    "small": ("small", "little", "tiny"),
-    "medium": ("medium", "medium-sized", "mid-sized"),
-    "large": ("large", "big", "huge"),
-}
+MAIN_SIZE_WORDS = ("large", "big", "huge", "")
+DISTRACTOR_SIZE_WORDS = ("small", "little", "tiny")
+UNNAMED_SHAPE_WORDS = ("shape", "object", "figure", "thing")
 PATTERN_WORDS = {
     "solid": ("plain", "solid", "flat"),
     "stripes": ("striped", "stripy"),
@@ -353,12 +374,13 @@ PATTERN_WORDS = {
     "dots": ("dotted", "spotted", "polka-dot"),
     "noise_gradient": ("mottled", "grainy", "noisy"),
 }
-POSITION_PREPOSITIONS = ("in the", "at the", "towards the")
-OBJECT_TEMPLATES = (
+CENTRE_WORDS = ("in the middle", "near the centre", "in the centre", "", "")
+MAIN_TEMPLATES = (
     "{article} {size} {colour} {shape} {where}",
     "{article} {size} {shape} in {colour} {where}",
-    "{article} {colour} {shape} of {plain_size} size {where}",
+    "{article} {colour} {shape} {where}",
 )
+MAIN_TEMPLATES_NO_COLOUR = ("{article} {size} {shape} {where}", "{article} {shape} {where}")
 SENTENCE_TEMPLATES = (
     "{objects}, on {background}",
     "{objects} on {background}",
@@ -367,6 +389,7 @@ SENTENCE_TEMPLATES = (
     "there is {objects} on {background}",
     "{background} with {objects}",
     "{objects}; the background is {pattern} {colour}",
+    "{Background}: {objects}",
 )
 
 
@@ -376,39 +399,45 @@ def _article(rng: np.random.Generator, next_word: str, allow_one: bool = True) -
     return "an" if next_word[0] in "aeiou" else "a"
 
 
-def _describe_object(rng: np.random.Generator, obj: SceneObject) -> str:
-    template = str(rng.choice(OBJECT_TEMPLATES))
-    size = str(rng.choice(SIZE_WORDS[obj.size]))
-    article = _article(rng, size if template.startswith("{article} {size}") else obj.colour)
-    where = f"{rng.choice(POSITION_PREPOSITIONS)} {obj.position}"
-    return template.format(
-        article=article, size=size, plain_size=obj.size, colour=obj.colour, shape=obj.shape, where=where,
-    )
+def _squash(text: str) -> str:
+    return " ".join(text.split())
 
 
-def _join(rng: np.random.Generator, phrases: list[str]) -> str:
-    if len(phrases) == 1:
-        return phrases[0]
-    if len(phrases) == 2:
-        return f"{phrases[0]} {rng.choice(['and', 'next to', 'with'])} {phrases[1]}"
-    style = int(rng.integers(3))
-    if style == 0:
-        return f"{phrases[0]}, {phrases[1]} and {phrases[2]}"
-    if style == 1:
-        return f"{phrases[0]}, {phrases[1]}, and {phrases[2]}"
-    return f"{phrases[0]} along with {phrases[1]} and {phrases[2]}"
+def _describe_main(rng: np.random.Generator, obj: SceneObject) -> str:
+    shape = obj.shape if rng.random() < SHAPE_NAMED else str(rng.choice(UNNAMED_SHAPE_WORDS))
+    template = str(rng.choice(MAIN_TEMPLATES if rng.random() < COLOUR_NAMED else MAIN_TEMPLATES_NO_COLOUR))
+    size = str(rng.choice(MAIN_SIZE_WORDS))
+    first = _squash(template.format(article="", size=size, colour=obj.colour, shape=shape, where="")).split()[0]
+    text = template.format(article=_article(rng, first), size=size, colour=obj.colour, shape=shape,
+                           where=str(rng.choice(CENTRE_WORDS)))
+    return _squash(text)
+
+
+def _describe_distractor(rng: np.random.Generator, obj: SceneObject) -> str:
+    size = str(rng.choice(DISTRACTOR_SIZE_WORDS))
+    colour = obj.colour if rng.random() < COLOUR_NAMED else ""
+    return _squash(f"{_article(rng, size)} {size} {colour} {obj.shape} {rng.choice(('in the', 'at the'))} {obj.place} corner")
 
 
 def caption_scene(scene: Scene, rng: np.random.Generator) -> str:
-    """A caption naming every object's size, colour, shape and cell and the background; main object first."""
-    secondaries = list(scene.objects[1:])
-    rng.shuffle(secondaries)  # the main object stays first: the label is the first-described shape
-    objects = _join(rng, [_describe_object(rng, o) for o in (scene.objects[0], *secondaries)])
+    """A caption of the scene: the main object (its shape named in most captions), any distractor, the background.
+
+    The distractor is described before the main object in a third of the captions, so the first
+    shape named is not always the label.
+    """
+    phrases = [_describe_main(rng, scene.objects[0])]
+    for distractor in scene.objects[1:]:
+        phrase = _describe_distractor(rng, distractor)
+        phrases.insert(0 if rng.random() < 1 / 3 else len(phrases), phrase)
+    objects = phrases[0] if len(phrases) == 1 else f"{phrases[0]} {rng.choice(['and', 'next to', 'with'])} {phrases[1]}"
     pattern = str(rng.choice(PATTERN_WORDS[scene.background.pattern]))
-    background = f"{_article(rng, pattern, allow_one=False)} {pattern} {scene.background.colour} background"
+    colour = scene.background.colour if rng.random() < COLOUR_NAMED else ""
+    background = _squash(f"{_article(rng, pattern, allow_one=False)} {pattern} {colour} background")
     caption = str(rng.choice(SENTENCE_TEMPLATES)).format(
-        objects=objects, background=background, pattern=pattern, colour=scene.background.colour,
+        objects=objects, background=background, Background=background[0].upper() + background[1:],
+        pattern=pattern, colour=colour,
     )
+    caption = _squash(caption)
     if rng.random() < 0.5:
         caption = caption[0].upper() + caption[1:]
     if rng.random() < 0.3:
@@ -426,8 +455,10 @@ def render_sample(config: SyntheticConfig, split: str, index: int, main_shape: s
     metadata = {
         "label": scene.label,
         "label_name": scene.objects[0].shape,
-        "objects": [dataclasses.asdict(o) for o in scene.objects],
-        "background": dataclasses.asdict(scene.background),
+        # JSON-native (lists, not tuples), so the metadata equals what its JSON reads back as
+        "objects": [{**dataclasses.asdict(o), "rgb": list(o.rgb)} for o in scene.objects],
+        "background": {**dataclasses.asdict(scene.background), "rgb": list(scene.background.rgb)},
+        "blur": scene.blur,
         "seed": config.seed,
         "split": split,
         "index": index,
@@ -455,12 +486,38 @@ def encode_jpeg(image: Image.Image) -> bytes:
 # data_filtering rule (at its default settings) that must catch it.
 DEFECTS: tuple[str, ...] = (
     "missing_caption", "invalid_caption", "empty_caption", "undecodable_image",
-    "too_small", "aspect_ratio", "exact_duplicate",
+    "too_small", "aspect_ratio", "exact_duplicate", "near_duplicate",
+)
+# How a planted near duplicate was made from the previous clean sample's image (its JSON's
+# ``near_duplicate_of`` and ``transform``): the edits a crawl meets, at sizes the filter's rule must catch.
+NEAR_DUPLICATE_TRANSFORMS: tuple[str, ...] = (
+    "jpeg_q70", "jpeg_q85", "resize_1.5x", "resize_0.75x_back", "crop_3pct", "brightness_0.9", "brightness_1.1",
+    "contrast_0.9", "contrast_1.1",
 )
 
 
+def near_duplicate_of(image: Image.Image, transform: str) -> bytes:
+    """JPEG bytes of ``image`` edited the way ``transform`` names (one of ``NEAR_DUPLICATE_TRANSFORMS``)."""
+    side = image.size[0]
+    if transform.startswith("jpeg_q"):
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=int(transform.removeprefix("jpeg_q")))
+        return buffer.getvalue()
+    if transform == "resize_1.5x":
+        return encode_jpeg(image.resize((3 * side // 2, 3 * side // 2), Image.BICUBIC))
+    if transform == "resize_0.75x_back":
+        return encode_jpeg(image.resize((3 * side // 4, 3 * side // 4), Image.BICUBIC).resize((side, side), Image.BICUBIC))
+    if transform == "crop_3pct":
+        cut = 0.04 * side
+        return encode_jpeg(image.resize((side, side), Image.BICUBIC, box=(cut, cut, side - cut, side - cut)))
+    for name, enhancer in (("brightness_", ImageEnhance.Brightness), ("contrast_", ImageEnhance.Contrast)):
+        if transform.startswith(name):
+            return encode_jpeg(enhancer(image).enhance(float(transform.removeprefix(name))))
+    raise ValueError(f"unknown near-duplicate transform {transform!r}; choose from {NEAR_DUPLICATE_TRANSFORMS}")
+
+
 def _plant_defect(sample: dict, defect: str, image: Image.Image, previous_jpg: bytes) -> None:
-    """Spoil ``sample`` in place the way ``defect`` names."""
+    """Spoil ``sample`` in place the way ``defect`` names (``near_duplicate`` is planted by the caller)."""
     side = image.size[0]
     if defect == "missing_caption":
         del sample["txt"]
@@ -486,13 +543,15 @@ def iter_captioned_samples(
     """WebDataset samples ``{"__key__", "jpg", "txt", "json"}`` for indices ``0 .. count-1``.
 
     A ``defect_fraction`` of the samples carry one of ``DEFECTS`` (named in their JSON's
-    ``defect``), so that the filtering stage has real work on the embedded data.
+    ``defect``), so that the filtering stage has real work on the embedded data. A near duplicate
+    replaces the sample's image with an edited copy of the previous clean sample's image (its
+    JSON names which and how: ``near_duplicate_of``, ``transform``).
     """
     if count < 0:
         raise ValueError(f"count must be >= 0, got {count}")
     if not 0.0 <= defect_fraction <= 1.0:
         raise ValueError(f"defect_fraction must be in [0, 1], got {defect_fraction}")
-    previous_jpg = None
+    previous_jpg, previous_image, previous_key = None, None, None
     for index in range(count):
         sample = render_sample(config, split, index)
         jpg = encode_jpeg(sample.image)
@@ -500,11 +559,16 @@ def iter_captioned_samples(
         metadata = dict(sample.metadata)
         rng = np.random.default_rng(_seed_sequence(config, split, index, None).spawn(3)[2])
         if rng.random() < defect_fraction:
-            candidates = DEFECTS if previous_jpg is not None else DEFECTS[:-1]
+            candidates = DEFECTS if previous_jpg is not None else DEFECTS[:-2]
             metadata["defect"] = str(rng.choice(candidates))
-            _plant_defect(record, metadata["defect"], sample.image, previous_jpg)
+            if metadata["defect"] == "near_duplicate":
+                metadata["transform"] = str(rng.choice(NEAR_DUPLICATE_TRANSFORMS))
+                metadata["near_duplicate_of"] = previous_key
+                record["jpg"] = near_duplicate_of(previous_image, metadata["transform"])
+            else:
+                _plant_defect(record, metadata["defect"], sample.image, previous_jpg)
         else:
-            previous_jpg = jpg
+            previous_jpg, previous_image, previous_key = jpg, sample.image, record["__key__"]
         record["json"] = json.dumps(metadata, sort_keys=True)
         yield record
 

@@ -9,6 +9,7 @@ there. Inputs are ImageNet-normalised images (the tokenizer's input and output s
 
 from __future__ import annotations
 
+import logging
 import warnings
 from typing import Literal
 
@@ -20,7 +21,9 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import Tensor, nn
 
 from vtp_kedro.vtp.config import Config
-from vtp_kedro.vtp.weights import resolve_weights
+from vtp_kedro.vtp.weights import WeightsNotFoundError, resolve_weights
+
+log = logging.getLogger(__name__)
 
 VGG16_WEIGHTS = "vgg16-397923af.pth"
 # lpips.pretrained_networks.vgg16 cuts torchvision's ``vgg16().features`` after relu1_2,
@@ -32,9 +35,10 @@ class ReconstructionLossConfig(Config):
     """Settings of ``ReconstructionLoss``."""
 
     perceptual_weight: float = Field(1.0, ge=0, description="w_p, the LPIPS weight; 0 skips LPIPS")
-    perceptual_backbone: Literal["vgg", "random"] = Field(
+    perceptual_backbone: Literal["auto", "vgg", "random"] = Field(
         "vgg",
-        description="'vgg': ImageNet VGG16 from the weights resolver (the real LPIPS); "
+        description="'vgg': ImageNet VGG16 from the weights resolver (the real LPIPS), an error without it; "
+        "'auto': the real LPIPS when the resolver finds the weights, else no perceptual term (L1 alone); "
         "'random': an untrained VGG, an explicit opt-in for smoke runs without weights",
     )
     weights_dir: str | None = Field(None, description="folder searched before $TORCH_HOME/hub/checkpoints")
@@ -95,9 +99,20 @@ class ReconstructionLoss(nn.Module):
     def __init__(self, config: ReconstructionLossConfig) -> None:
         super().__init__()
         self.config = config
-        self.perceptual = (
-            build_lpips(config.perceptual_backbone, config.weights_dir) if config.perceptual_weight > 0 else None
-        )
+        backbone = config.perceptual_backbone
+        if backbone == "auto":
+            # A random VGG is no perceptual metric and costs most of a small model's step, so
+            # without the real weights the term is left out rather than faked; the choice is
+            # logged here and reported in every step's metrics ("perceptual": 1 or 0).
+            try:
+                resolve_weights(VGG16_WEIGHTS, config.weights_dir)
+                backbone = "vgg"
+            except WeightsNotFoundError:
+                backbone = None
+            log.info("reconstruction loss: perceptual_backbone auto -> %s", "LPIPS-VGG16" if backbone else
+                     f"L1 only ({VGG16_WEIGHTS} not found by the weights resolver)")
+        self.backbone = backbone if config.perceptual_weight > 0 else None
+        self.perceptual = build_lpips(self.backbone, config.weights_dir) if self.backbone is not None else None
         self.register_buffer("mean", torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -118,6 +133,8 @@ class ReconstructionLoss(nn.Module):
         reconstruction, target = self.to_unit_range(reconstruction), self.to_unit_range(target)
         l1 = F.l1_loss(reconstruction, target)
         metrics = {"l1": l1.detach()}
+        if self.config.perceptual_backbone == "auto":
+            metrics["perceptual"] = l1.new_tensor(float(self.perceptual is not None))
         loss = l1
         if self.perceptual is not None:
             perceptual = self.perceptual(reconstruction, target).mean()
