@@ -418,9 +418,12 @@ class Trainer:
                                       "or set resume: auto")
             return None
         if resume == "auto":
-            return ckpt.latest_checkpoint(self.checkpoint_dir)
+            # A damaged checkpoint (a truncated or changed file) is named and skipped: the run
+            # resumes from the newest intact one, and saving the damaged step again replaces it.
+            return ckpt.latest_intact_checkpoint(self.checkpoint_dir)
         path = Path(resume)
         ckpt.checkpoint_step(path)  # a clear error for a path that is not a checkpoint folder
+        ckpt.verify_checkpoint(path)  # the one asked for: a damaged one fails here, naming the file
         return path
 
     def _initialise_weights(self, init: InitFromConfig) -> None:
