@@ -71,6 +71,7 @@ MetricLogger = Callable[[dict[str, float], int], None]
 METRICS_LOG = "metrics.jsonl"  # in the run folder: one {"step": ..., metric: value} record per log
 RESULT_FILE = "result.json"  # in the run folder: the final checkpoint and counters, from rank 0
 _TRAINER_METRICS = ("lr", "grad_norm", "samples_per_s", "samples", "flops", "flop_per_s", "nonfinite_steps")
+WALL_CLOCK_METRICS = ("samples_per_s", "flop_per_s")  # differ between identical runs: not in the exported logs
 
 
 # --- configuration -----------------------------------------------------------------------
