@@ -135,7 +135,8 @@ def test_a_foreign_labelled_folder_runs_through_extraction_dit_and_evaluation(di
                 pixels = rng.integers(0, 200, (40, 48, 3), dtype=np.uint8)
                 pixels[..., label] = 255
                 Image.fromarray(pixels).save(root / split / name / f"{index}.png")
-    overrides = (f"latent_extraction.image_root={root},evaluation.image_root={root},"
+    # one setting: the evaluation follows the folder the latents came from
+    overrides = (f"latent_extraction.image_root={root},"
                  "dit_training.sampling.num_samples=12,dit_training.sampling.batch_size=6")
     for pipeline in ("latent_extraction", "dit_training", "evaluation"):
         kedro(project, "run", "--env", "ci", "--pipeline", pipeline, "--params", overrides)

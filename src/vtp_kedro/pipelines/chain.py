@@ -35,6 +35,13 @@ def folder_classes(root: str | Path, split: str = "train") -> list[str] | None:
     return sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
 
 
+def _setting(section: Any, key: str) -> Any:
+    """``section[key]`` of a stage's parameters: a dict, or the typed config Kedro validated it into."""
+    if section is None:
+        return None
+    return section.get(key) if isinstance(section, Mapping) else getattr(section, key, None)
+
+
 def _same_folder(a: str | Path, b: str | Path) -> bool:
     return Path(a).resolve() == Path(b).resolve()
 
@@ -53,13 +60,12 @@ def chain_problems(parameters: Mapping[str, Any], pipelines: set[str], embedded_
 
     ``embedded_folder`` (the ``raw_labelled_images`` entry), ``dit_samples`` and ``gan_tokenizer`` are the
     catalog's paths, for the defaults that follow them."""
-    extraction = parameters.get("latent_extraction") or {}
-    evaluation = parameters.get("evaluation") or {}
-    latent_root = extraction.get("image_root") or embedded_folder
-    latent_setting = ("latent_extraction.image_root" if extraction.get("image_root")
+    extraction, evaluation = parameters.get("latent_extraction"), parameters.get("evaluation")
+    latent_root = _setting(extraction, "image_root") or embedded_folder
+    latent_setting = ("latent_extraction.image_root" if _setting(extraction, "image_root")
                       else "the embedded labelled folder (latent_extraction.image_root: null)")
     problems = []
-    evaluation_root = evaluation.get("image_root")
+    evaluation_root = _setting(evaluation, "image_root")
     if "evaluation" in pipelines and evaluation_root and latent_root and not _same_folder(evaluation_root, latent_root):
         theirs, ours = folder_classes(evaluation_root), folder_classes(latent_root)
         if theirs is None or ours is None or theirs != ours:
@@ -80,7 +86,7 @@ def chain_problems(parameters: Mapping[str, Any], pipelines: set[str], embedded_
                     f"the DiT samples in {dit_samples} are of the classes {sampled}, the evaluation's labelled folder "
                     f"({root}) has {classes}: run latent_extraction and dit_training with the same "
                     "latent_extraction.image_root first (or evaluate on the folder they were made from)")
-    tokenizer = extraction.get("tokenizer")
+    tokenizer = _setting(extraction, "tokenizer")
     if "dit_training" in pipelines and tokenizer and gan_tokenizer is not None and not _same_folder(tokenizer,
                                                                                                    gan_tokenizer):
         problems.append(
