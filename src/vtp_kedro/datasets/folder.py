@@ -32,7 +32,8 @@ def write_now(writer: FolderWriter, name: str) -> StagedFolder:
     node's time is its work's (kedro-viz and the run log time nodes, not dataset saves); a failed
     writer leaves nothing behind. ``FolderDataset.save`` renames the folder onto its path."""
     STAGING_DIR.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=f"{name}.", dir=STAGING_DIR))
+    # project-relative like every path a run records (mkdtemp returns an absolute path from Python 3.12 on)
+    folder = Path(project_relative(tempfile.mkdtemp(prefix=f"{name}.", dir=STAGING_DIR)))
     try:
         writer(folder)
     except BaseException:
