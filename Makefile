@@ -15,7 +15,7 @@ export DVC_NO_ANALYTICS := 1
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
-	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 is required, found {sys.version.split()[0]}"'
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] >= (3, 11), f"Python 3.11 or newer is required, found {sys.version.split()[0]}"'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "Installing the project and its dependencies into $(VENV): on Linux about 6.6 GB, 3.2 GB of it"
 	@echo "PyTorch's CUDA libraries (pulled in even without a GPU), and a few minutes. pip shows its progress."

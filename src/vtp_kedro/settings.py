@@ -3,11 +3,14 @@
 from kedro.config import OmegaConfigLoader
 
 from vtp_kedro.hooks import CatalogConfigHook, HeadlineHook, MissingInputsHook, ProjectMlflowHook, StageTimingHook
+from vtp_kedro.pipelines.chain import ChainSettingsHook
 
 # kedro-mlflow's own hook is replaced by the project's subclass of it (its distribution
 # names itself kedro_mlflow in recent wheels, kedro-mlflow in older ones).
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro-mlflow", "kedro_mlflow")
-HOOKS = (ProjectMlflowHook(), MissingInputsHook(), HeadlineHook(), CatalogConfigHook(), StageTimingHook())
+# ChainSettingsHook: settings that several stages share must agree before the first node runs.
+HOOKS = (ProjectMlflowHook(), MissingInputsHook(), HeadlineHook(), CatalogConfigHook(), StageTimingHook(),
+         ChainSettingsHook())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

@@ -60,3 +60,28 @@ def test_checkpoint_dataset_round_trip(tmp_path: Path) -> None:
     assert loaded["optimizer"]["param_groups"] == [{"lr": 0.1}]
     with pytest.raises(DatasetError, match="config"):
         CheckpointDataset(str(tmp_path / "other")).save({k: v for k, v in checkpoint.items() if k != "config"})
+
+
+def test_a_node_fills_a_staged_folder_that_save_renames_into_place(tmp_path, monkeypatch):
+    """write_now runs the writer in the node (its time is the node's); save moves the folder, replacing
+    the old one whole; a failed writer leaves nothing."""
+    from vtp_kedro.datasets.folder import FolderDataset, write_now
+
+    monkeypatch.chdir(tmp_path)
+    target = tmp_path / "data/06_models/out"
+    target.mkdir(parents=True)
+    (target / "stale.txt").write_text("old")
+    staged = write_now(lambda folder: (folder / "a.txt").write_text("new"), "out")
+    assert staged.path.parent == Path("data/.staging") and (staged.path / "a.txt").is_file()
+    dataset = FolderDataset(str(target))
+    dataset.save(staged)
+    assert sorted(p.name for p in target.iterdir()) == ["a.txt"] and not staged.path.exists()
+    assert dataset.load() == Path("data/06_models/out")  # project-relative: recorded paths are portable
+
+    def broken(folder):
+        (folder / "half.txt").write_text("x")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        write_now(broken, "out")
+    assert list((tmp_path / "data/.staging").iterdir()) == []

@@ -12,6 +12,7 @@ from PIL import Image
 from mlflow.tracking import MlflowClient
 
 from tests.pipelines.conftest import REPO, copy_project, kedro, project_env
+from vtp_kedro.vtp.metrics.report import merge_report
 
 pytestmark = pytest.mark.slow
 
@@ -71,6 +72,16 @@ def test_extraction_rerun_keeps_finished_shards(dit_project: Path) -> None:
     assert shard.stat().st_mtime_ns == before
 
 
+def _leaves(tree: dict) -> list:
+    return [leaf for value in tree.values() for leaf in (_leaves(value) if isinstance(value, dict) else [value])]
+
+
+def _report(project: Path) -> dict:
+    """metrics.json and protocol.json of the evaluation, joined again."""
+    folder = project / "data/08_reporting/evaluation"
+    return merge_report(*(json.loads((folder / name).read_text()) for name in ("metrics.json", "protocol.json")))
+
+
 def _keys(tree: object) -> set[str]:
     if isinstance(tree, dict):
         return set(tree) | {key for value in tree.values() for key in _keys(value)}
@@ -79,7 +90,9 @@ def _keys(tree: object) -> set[str]:
 
 def test_evaluation_writes_every_family_the_summary_the_pictures_and_the_mlflow_run(dit_project: Path) -> None:
     report = dit_project / "data/08_reporting/evaluation"
-    metrics = json.loads((report / "metrics.json").read_text())
+    numbers = json.loads((report / "metrics.json").read_text())
+    assert all(isinstance(value, (int, float)) for value in _leaves(numbers))  # a readable DVC metric
+    metrics = merge_report(numbers, json.loads((report / "protocol.json").read_text()))
     assert {"reconstruction", "understanding", "generation"} <= set(metrics)
     for stage in ("pre_gan", "post_gan"):
         assert {"psnr", "ssim", "lpips", "rfid_ref", "class_acc_ref"} <= set(metrics["reconstruction"][stage])
@@ -104,7 +117,8 @@ def test_evaluation_writes_every_family_the_summary_the_pictures_and_the_mlflow_
     assert "evaluation.understanding.linear_probe.top1" in run.data.metrics
     assert "evaluation.generation.guided.gen_class_acc" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
-    assert {"evaluation/metrics.json", "evaluation/summary.md", "evaluation/samples_per_class.png"} <= artifacts
+    assert {"evaluation/metrics.json", "evaluation/protocol.json", "evaluation/summary.md",
+            "evaluation/samples_per_class.png"} <= artifacts
 
 
 def test_a_foreign_labelled_folder_runs_through_extraction_dit_and_evaluation(dit_project: Path,
@@ -121,11 +135,12 @@ def test_a_foreign_labelled_folder_runs_through_extraction_dit_and_evaluation(di
                 pixels = rng.integers(0, 200, (40, 48, 3), dtype=np.uint8)
                 pixels[..., label] = 255
                 Image.fromarray(pixels).save(root / split / name / f"{index}.png")
-    overrides = (f"latent_extraction.image_root={root},evaluation.image_root={root},"
+    # one setting: the evaluation follows the folder the latents came from
+    overrides = (f"latent_extraction.image_root={root},"
                  "dit_training.sampling.num_samples=12,dit_training.sampling.batch_size=6")
     for pipeline in ("latent_extraction", "dit_training", "evaluation"):
         kedro(project, "run", "--env", "ci", "--pipeline", pipeline, "--params", overrides)
-    metrics = json.loads((project / "data/08_reporting/evaluation/metrics.json").read_text())
+    metrics = _report(project)
     assert set(metrics["generation"]["guided"]["gen_class_acc_per_class"]) == set(classes)
     assert metrics["understanding"]["linear_probe"]["val_images"] == 12
     assert metrics["reconstruction"]["post_gan"]["images"] == 12

@@ -7,8 +7,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tests.pipelines.conftest import BIN, project_env
+from tests.pipelines.conftest import BIN, copy_project, project_env
 
 pytestmark = pytest.mark.slow
 
@@ -64,3 +65,33 @@ def test_dvc_repro_runs_stages_once_and_push_pull_restore_data(project: Path, tm
     run(project, dvc, "pull")
     assert any((project / "data/03_primary/filtered_shards").glob("*.tar"))
     assert "Running stage" not in run(project, dvc, "repro")
+
+
+def _dvc_lock_outs(project: Path) -> dict[str, str]:
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    return {out["path"]: out.get("md5") for stage in lock["stages"].values() for out in stage.get("outs", [])}
+
+
+def test_the_same_chain_in_two_folders_gives_the_same_dvc_hashes(tmp_path: Path) -> None:
+    """A run's outputs do not depend on where the clone is: `dvc repro` in two folders (of different
+    path lengths) records the same hash for every out, so a clone's finished `make run` matches a
+    dvc.lock made in another one (no absolute paths, MLflow run ids or timings in any out)."""
+    dvc = str(BIN / "dvc")
+    projects = [copy_project(tmp_path / "a" / "project"), copy_project(tmp_path / "another_folder" / "clone")]
+    for project in projects:
+        run(project, "git", "init", "-q")
+        run(project, "git", "add", "-A")
+        run(project, "git", "commit", "-qm", "fresh clone")
+        run(project, dvc, "repro")
+    first, second = (_dvc_lock_outs(project) for project in projects)
+    assert first.keys() == second.keys() and len(first) > 20
+    assert {path for path in first if first[path] != second[path]} == set()
+    for project in projects:  # no out names the folder it was made in
+        for out in first:
+            files = [project / out] if (project / out).is_file() else (project / out).rglob("*")
+            for file in files:
+                if file.is_file() and file.suffix in (".json", ".md", ".txt", ".jsonl", ".csv"):
+                    assert str(project) not in file.read_text(errors="replace"), file
+    # `dvc metrics show`: numbers only, a table a terminal shows (no protocols, paths or versions)
+    table = run(projects[0], dvc, "metrics", "show")
+    assert "torch" not in table and "protocol" not in table and "data/01_raw" not in table

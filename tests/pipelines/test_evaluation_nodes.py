@@ -23,16 +23,20 @@ def test_feature_spaces_are_validated_when_the_run_starts():
         EvaluationParams(feature_spaces=())
 
 
-def test_without_guidance_configured_the_unguided_set_points_to_the_guided_one(tmp_path):
+def test_without_guidance_configured_the_unguided_set_points_to_the_guided_one(tmp_path, monkeypatch):
+    from vtp_kedro.datasets.folder import FolderDataset
     from vtp_kedro.pipelines.dit_training.nodes import DiTTrainingParams, sample_dit_unguided
     from vtp_kedro.pipelines.evaluation.nodes import _unguided_set
+
+    monkeypatch.chdir(tmp_path)  # the node stages its folder in data/.staging of the project (here)
 
     params = DiTTrainingParams.model_validate({
         "runs_dir": str(tmp_path / "runs"), "model": {"preset": "tiny"}, "data": {"batch_size": 4},
         "trainer": {"budget": {"unit": "steps", "value": 1}}, "sampling": {"cfg_scale": 1.0}})
     unguided, guided = tmp_path / "unguided", tmp_path / "guided"
-    unguided.mkdir()
-    sample_dit_unguided({}, tmp_path / "tokenizer", tmp_path / "latents", params)(unguided)  # no DiT needed
+    staged = sample_dit_unguided({}, tmp_path / "tokenizer", tmp_path / "latents", params)  # no DiT needed
+    FolderDataset(str(unguided)).save(staged)
     assert list(unguided.iterdir()) == [unguided / "sampling.json"]
+    assert list((tmp_path / "data/.staging").iterdir()) == []  # moved, not copied
     assert _unguided_set(unguided, guided) == guided
     assert _unguided_set(guided, guided) == guided

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import subprocess
 import sys
@@ -151,3 +152,78 @@ def test_trainer_saves_every_n_steps_keeps_last_k_and_cleans_partials(tmp_path):
     assert set(state["optimizer"]["main"]["state"]) == {f"model.{n}" for n, _ in trainer.task.model.named_parameters()}
     assert state["trainer_state"]["data"] == [{"index": 7}] and state["trainer_state"]["samples"] == 56
     assert len(state["rng"]) == 1 and {"python", "numpy", "torch"} <= state["rng"][0].keys()
+
+
+# --- damaged checkpoints ---------------------------------------------------------------------
+def _truncate(path, keep: float = 0.5) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+def _flip_a_byte(path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF  # tensor data, past the header: only the recorded sha256 can tell
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(("name", "damage", "expected"), [
+    (ckpt.MODEL_FILE, _truncate, "model.safetensors is truncated"),
+    (ckpt.MODEL_FILE, _flip_a_byte, "model.safetensors differs from the file that was saved"),
+    (ckpt.TASK_STATE_FILE, lambda p: p.write_bytes(b"\x05"), "task_state.safetensors is truncated"),
+    (ckpt.OPTIMIZER_FILE, _truncate, "optimizer.pt differs from the file that was saved"),
+    (ckpt.TRAINER_STATE_FILE, _truncate, "trainer_state.json is unreadable"),
+])
+def test_a_damaged_file_is_named_by_the_check_and_by_load(tmp_path, name, damage, expected):
+    path = ckpt.save_checkpoint(tmp_path, 3, **parts())
+    assert ckpt.checkpoint_problem(path) is None
+    damage(path / name)
+    assert expected in ckpt.checkpoint_problem(path)
+    with pytest.raises(ckpt.DamagedCheckpointError, match=f"checkpoint {path} is damaged: {expected}"):
+        ckpt.load_checkpoint(path)
+
+
+def test_a_checkpoint_without_recorded_digests_gets_the_structural_checks(tmp_path):
+    """Folders saved before trainer_state.json recorded digests: truncation is still found."""
+    path = ckpt.save_checkpoint(tmp_path, 3, **parts())
+    state = json.loads((path / ckpt.TRAINER_STATE_FILE).read_text())
+    del state[ckpt.DIGESTS_KEY]
+    (path / ckpt.TRAINER_STATE_FILE).write_text(json.dumps(state))
+    assert ckpt.checkpoint_problem(path) is None and ckpt.load_checkpoint(path)["step"] == 3
+    _truncate(path / ckpt.RNG_FILE, 0.9)
+    assert "rng.pt is not a readable torch file" in ckpt.checkpoint_problem(path)
+
+
+def test_latest_intact_checkpoint_skips_damaged_ones_with_a_warning(tmp_path, caplog):
+    for step in (2, 4, 6):
+        ckpt.save_checkpoint(tmp_path, step, **parts(step))
+    _truncate(tmp_path / "step_00000006" / ckpt.MODEL_FILE)
+    _flip_a_byte(tmp_path / "step_00000004" / ckpt.MODEL_FILE)
+    with caplog.at_level("WARNING"):
+        assert ckpt.latest_intact_checkpoint(tmp_path).name == "step_00000002"
+    warned = caplog.text
+    assert "step_00000006" in warned and "model.safetensors is truncated" in warned
+    assert "step_00000004" in warned and "differs from the file that was saved" in warned
+
+
+@pytest.mark.parametrize("damage", [_truncate, _flip_a_byte], ids=["truncated", "corrupted"])
+def test_a_finished_run_with_a_damaged_last_checkpoint_resumes_from_the_previous_one(tmp_path, caplog, damage):
+    """The issue's case: truncate (or corrupt) the last checkpoint's model.safetensors of a finished run
+    and run it again: the damaged one is named, the run resumes from the intact one before it and
+    ends with the same weights as the undamaged run."""
+    config = trainer_config(budget={"unit": "steps", "value": 6}, checkpoint_every=2, keep_last=2)
+    reference = fit(tmp_path / "reference", config)
+    expected = ckpt.load_checkpoint(reference.last_checkpoint)["model"]
+    run = tmp_path / "damaged"
+    fit(run, config)
+    last = run / "checkpoints" / "step_00000006"
+    damage(last / ckpt.MODEL_FILE)
+    with caplog.at_level("WARNING"):
+        again = fit(run, config)
+    assert f"skipping checkpoint {last}" in caplog.text and "model.safetensors" in caplog.text
+    assert again.resumed_from == run / "checkpoints" / "step_00000004"
+    assert again.last_checkpoint == last and ckpt.checkpoint_problem(last) is None  # saved again, intact
+    final = ckpt.load_checkpoint(last)["model"]
+    assert all(torch.equal(final[k], expected[k]) for k in expected)
+    with pytest.raises(ckpt.DamagedCheckpointError, match="model.safetensors"):
+        damage(last / ckpt.MODEL_FILE)
+        fit(tmp_path / "explicit", trainer_config(resume=str(last)))

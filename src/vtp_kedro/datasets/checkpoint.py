@@ -8,7 +8,7 @@ from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 
-from vtp_kedro.vtp.io import atomic_path
+from vtp_kedro.vtp.io import atomic_path, project_relative
 from vtp_kedro.vtp.train.checkpoint import load_checkpoint, write_checkpoint_files
 from vtp_kedro.vtp.train.trainer import METRICS_LOG
 
@@ -36,7 +36,7 @@ class CheckpointDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
         if not config.is_file():
             raise DatasetError(f"checkpoint {self._path} has no {CONFIG_FILE}: it was not saved by CheckpointDataset")
         checkpoint["config"] = json.loads(config.read_text())
-        checkpoint["path"] = str(self._path)
+        checkpoint["path"] = str(project_relative(self._path))
         metrics = self._path / METRICS_LOG
         checkpoint["metrics"] = ([json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
                                  if metrics.is_file() else [])

@@ -19,6 +19,19 @@ def is_url(path: str | os.PathLike) -> bool:
     return "://" in str(path)
 
 
+def project_relative(path: str | os.PathLike) -> Path | str:
+    """``path`` relative to the working directory when it lies inside it, else as it is (a URL too).
+
+    Kedro and DVC run in the project root and Kedro makes the catalog's paths absolute: what a run
+    records (configs, protocols, sampling.json) names project files relative to the project, so the
+    same run in two clones writes the same bytes (and DVC the same hashes)."""
+    if is_url(path):
+        return str(path)
+    path, here = Path(path), Path.cwd()
+    absolute = path if path.is_absolute() else here / path
+    return absolute.relative_to(here) if absolute.is_relative_to(here) else path
+
+
 def join(folder: str | os.PathLike, name: str) -> str | Path:
     """``folder/name`` for a local folder (a Path) or an fsspec URL (a string: Path would fold ``//``)."""
     return f"{str(folder).rstrip('/')}/{name}" if is_url(folder) else Path(folder) / name

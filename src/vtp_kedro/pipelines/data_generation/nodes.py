@@ -6,7 +6,7 @@ from functools import partial
 
 from pydantic import Field
 
-from vtp_kedro.datasets.folder import FolderWriter
+from vtp_kedro.datasets.folder import StagedFolder, write_now
 from vtp_kedro.vtp.config import Config
 from vtp_kedro.vtp.data.synthetic import (
     SyntheticConfig,
@@ -32,22 +32,22 @@ class DataGenerationParams(Config):
     labelled: LabelledSplitParams
 
 
-def generate_captioned_shards(params: DataGenerationParams) -> FolderWriter:
+def generate_captioned_shards(params: DataGenerationParams) -> StagedFolder:
     """Image-caption pairs as img2dataset-style WebDataset shards (``key.jpg``/``.txt``/``.json``)."""
-    return partial(
+    return write_now(partial(
         write_captioned_shards,
         config=params.generator,
         count=params.captioned.count,
         samples_per_shard=params.captioned.samples_per_shard,
         defect_fraction=params.captioned.defect_fraction,
-    )
+    ), "captioned_shards")
 
 
-def generate_labelled_images(params: DataGenerationParams) -> FolderWriter:
+def generate_labelled_images(params: DataGenerationParams) -> StagedFolder:
     """A class-balanced ImageNet-style folder (``train/<class>/*.JPEG``, ``val/<class>/*.JPEG``)."""
-    return partial(
+    return write_now(partial(
         write_labelled_folder,
         config=params.generator,
         train_per_class=params.labelled.train_per_class,
         val_per_class=params.labelled.val_per_class,
-    )
+    ), "labelled_images")

@@ -22,6 +22,7 @@ from vtp_kedro.vtp.inference import load_tokenizer, tokenizer_source, tokenizer_
 from vtp_kedro.vtp.losses.gan import GANLossConfig
 from vtp_kedro.vtp.losses.reconstruction import ReconstructionLossConfig
 from vtp_kedro.vtp.metrics.reconstruction import measure_reconstruction, plot_image_grid
+from vtp_kedro.vtp.metrics.report import split_report
 from vtp_kedro.vtp.models.decoder_gan import DecoderGANConfig
 from vtp_kedro.vtp.models.discriminator import DiscriminatorConfig
 from vtp_kedro.vtp.train.curves import plot_curves
@@ -96,9 +97,11 @@ def plot_gan_curves(decoder_gan_training_log: list[dict[str, Any]]) -> Figure:
 
 
 def compare_reconstructions(pretrained_tokenizer: Path, gan_tokenizer: Path, raw_labelled_images: Path,
-                            params: DecoderGANParams) -> tuple[dict[str, Any], dict[str, Any], Figure]:
-    """PSNR, SSIM and LPIPS of the pre- and post-GAN decoders on held-out labelled images (JSON and
-    MLflow metrics), and a grid original | pre-GAN | post-GAN."""
+                            params: DecoderGANParams,
+                            ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], Figure]:
+    """PSNR, SSIM and LPIPS of the pre- and post-GAN decoders on held-out labelled images (the numbers
+    as a DVC metric, how they were measured beside them, MLflow metrics), and a grid original |
+    pre-GAN | post-GAN."""
     settings, backbone = params.comparison, params.model.reconstruction.perceptual_backbone
     tokenizers = {"pre_gan": load_tokenizer(params.tokenizer or pretrained_tokenizer),
                   "post_gan": load_tokenizer(gan_tokenizer)}
@@ -113,8 +116,9 @@ def compare_reconstructions(pretrained_tokenizer: Path, gan_tokenizer: Path, raw
                           "lpips_backbone": backbone, "ssim": "gaussian 11x11, sigma 1.5", "psnr": "data range 1"}
     metrics = {f"{name}.{metric}": {"value": float(value), "step": 0}
                for name in tokenizers for metric, value in report[name].items()}
+    numbers, protocol = split_report(report)
     originals = next(batches())[0][:settings.grid_images].float() / 255
     rows = {"original": originals, **{name.replace("_", "-"): tok.decode(tok.encode(originals))
                                       for name, tok in tokenizers.items()}}
     figure = plot_image_grid(rows, title=f"{settings.split} reconstructions (LPIPS backbone: {backbone})")
-    return report, metrics, figure
+    return numbers, protocol, metrics, figure

@@ -21,7 +21,8 @@ def create_pipeline(**kwargs) -> Pipeline:
             node(
                 compare_reconstructions,
                 inputs=["pretrained_tokenizer", "gan_tokenizer", "raw_labelled_images", "params:decoder_gan"],
-                outputs=["decoder_gan_comparison", "decoder_gan_metrics", "decoder_gan_reconstructions"],
+                outputs=["decoder_gan_comparison", "decoder_gan_comparison_protocol", "decoder_gan_metrics",
+                         "decoder_gan_reconstructions"],
                 name="compare_reconstructions",
             ),
         ]

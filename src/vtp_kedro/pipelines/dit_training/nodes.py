@@ -9,7 +9,7 @@ from typing import Any, Literal
 from matplotlib.figure import Figure
 from pydantic import Field, model_validator
 
-from vtp_kedro.datasets.folder import FolderWriter
+from vtp_kedro.datasets.folder import StagedFolder, write_now
 from vtp_kedro.vtp.config import Config
 from vtp_kedro.vtp.data.latents import CLASSES_FILE, LatentDataConfig
 from vtp_kedro.vtp.inference import load_tokenizer
@@ -110,7 +110,7 @@ def plot_dit_curves(dit_training_log: list[dict[str, Any]]) -> Figure:
 
 
 def _sample_set(dit_checkpoint: dict[str, Any], gan_tokenizer: Path, latents: Path, params: DiTTrainingParams,
-                samples: SampleSetConfig, job_name: str) -> FolderWriter:
+                samples: SampleSetConfig, job_name: str) -> StagedFolder:
     classes = _latent_record(latents)["classes"]
     task = DiTTrainingConfig.model_validate(dit_checkpoint["config"]["task"])
     load_tokenizer(gan_tokenizer, "cpu")  # a wrong folder fails now, before any process starts
@@ -124,7 +124,7 @@ def _sample_set(dit_checkpoint: dict[str, Any], gan_tokenizer: Path, latents: Pa
             tmp.write_text(job.model_dump_json(indent=2))
         launch_job(job_dir / "job.json", job_dir, params.sampling.launcher, SAMPLING)
 
-    return write
+    return write_now(write, f"dit_{job_name}")
 
 
 def _sample_settings(params: DiTTrainingParams, **overrides: Any) -> SampleSetConfig:
@@ -133,14 +133,14 @@ def _sample_settings(params: DiTTrainingParams, **overrides: Any) -> SampleSetCo
 
 
 def sample_dit(dit_checkpoint: dict[str, Any], gan_tokenizer: Path, latents: Path,
-               params: DiTTrainingParams) -> FolderWriter:
-    """The writer of the sample folder: class-conditional samples from the EMA weights, decoded by the
+               params: DiTTrainingParams) -> StagedFolder:
+    """The sample folder, sampled here: class-conditional samples from the EMA weights, decoded by the
     tokenizer (``vtp.jobs.sample_dit``: PNGs, ADM's NPZ, the settings), on the launcher's devices."""
     return _sample_set(dit_checkpoint, gan_tokenizer, latents, params, _sample_settings(params), "samples")
 
 
 def sample_dit_unguided(dit_checkpoint: dict[str, Any], gan_tokenizer: Path, latents: Path,
-                        params: DiTTrainingParams) -> FolderWriter:
+                        params: DiTTrainingParams) -> StagedFolder:
     """The same samples without guidance (CFG scale 1), which evaluation scores beside the guided ones.
 
     When the configured scale is already 1 the guided set is this set: only ``sampling.json``
@@ -150,7 +150,7 @@ def sample_dit_unguided(dit_checkpoint: dict[str, Any], gan_tokenizer: Path, lat
         def point_to_guided(folder: Path) -> None:
             record = {SAME_AS_KEY: "dit_samples", "reason": "sampling.cfg_scale is 1.0: the guided set has no guidance"}
             (folder / SETTINGS_FILE).write_text(json.dumps(record, indent=2) + "\n")
-        return point_to_guided
+        return write_now(point_to_guided, "dit_samples_unguided")
     return _sample_set(dit_checkpoint, gan_tokenizer, latents, params, _sample_settings(params, cfg_scale=1.0),
                        "samples_unguided")
 

@@ -8,7 +8,10 @@ extractor, the image counts on each side, the reference set and, for samples, th
 from __future__ import annotations
 
 import json
+import logging
 import platform
+import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,11 +19,12 @@ import torch
 from matplotlib.figure import Figure
 from pydantic import Field
 
-from vtp_kedro.datasets.folder import FolderWriter
+from vtp_kedro.datasets.folder import FolderWriter, StagedFolder, write_now
 from vtp_kedro.vtp.config import Config
 from vtp_kedro.vtp.data.embedded_task import LabelledSplit, pixel_features
 from vtp_kedro.vtp.data.imagefolder import LabelledImageFolder, cropped_batches
 from vtp_kedro.vtp.inference import NoTextTowerError, load_clip_towers, load_tokenizer, tokenizer_source
+from vtp_kedro.vtp.io import project_relative
 from vtp_kedro.vtp.jobs.sample_dit import SAME_AS_KEY, SETTINGS_FILE, read_samples, samples_per_class
 from vtp_kedro.vtp.metrics.fidelity import FeatureSpace, extract_features, inception_space, reference_space
 from vtp_kedro.vtp.metrics.generation import (
@@ -37,7 +41,7 @@ from vtp_kedro.vtp.metrics.reference import (
     train_reference_classifier,
     write_reference_classifier,
 )
-from vtp_kedro.vtp.metrics.report import PAPER_REFERENCE, flat_metrics, headline_table, summary_markdown
+from vtp_kedro.vtp.metrics.report import PAPER_REFERENCE, flat_metrics, headline_table, split_report, summary_markdown
 from vtp_kedro.vtp.metrics.understanding import (
     DINOV2_LEARNING_RATES,
     ProbeFeatures,
@@ -51,6 +55,9 @@ from vtp_kedro.vtp.metrics.understanding import (
 )
 from vtp_kedro.vtp.train.curves import plot_stage_curves
 from vtp_kedro.vtp.train.distributed import DeviceKind, resolve_device
+
+
+log = logging.getLogger(__name__)
 
 
 class ReconstructionParams(Config):
@@ -80,8 +87,9 @@ class GenerationParams(Config):
 
 class EvaluationParams(Config):
     device: DeviceKind = "auto"
-    image_root: str | None = Field(None, description="None: the embedded labelled folder; else an ImageNet-style "
-                                                     "folder with the classes the latents were extracted from")
+    image_root: str | None = Field(None, description="None: the folder the latents came from "
+                                                     "(latent_extraction.image_root, else the embedded labelled "
+                                                     "folder); else an ImageNet-style folder with the same classes")
     batch_size: int = Field(250, gt=0)
     num_workers: int = Field(0, ge=0)
     feature_spaces: tuple[Literal["inception", "reference"], ...] = Field(("reference",), min_length=1)
@@ -95,13 +103,24 @@ class EvaluationParams(Config):
 
 def _in_project(path: str | Path) -> Path:
     """A path inside the project relative to it (Kedro runs in the project folder), so that the
-    protocols in metrics.json are the same in every clone; a path elsewhere stays as it is."""
-    path = Path(path)
-    return path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
+    protocols are the same in every clone; a path elsewhere stays as it is."""
+    return Path(project_relative(path))
 
 
-def _root(raw_labelled_images: Path, params: EvaluationParams) -> Path:
-    return _in_project(params.image_root or raw_labelled_images)
+def latent_image_root(latent_extraction: Any) -> str | None:
+    """``latent_extraction.image_root``: from Kedro's parameters (a dict) or a typed config (the scaling study)."""
+    if latent_extraction is None:
+        return None
+    if isinstance(latent_extraction, Mapping):
+        return latent_extraction.get("image_root")
+    return getattr(latent_extraction, "image_root", None)
+
+
+def _root(raw_labelled_images: Path, params: EvaluationParams, latent_extraction: Any = None) -> Path:
+    """The labelled folder the evaluation reads: ``evaluation.image_root``, else the one the latents came
+    from (``latent_extraction.image_root``), else the embedded one. One setting points the whole chain at
+    a user's folder; ``vtp_kedro.pipelines.chain`` refuses settings that disagree before any node runs."""
+    return _in_project(params.image_root or latent_image_root(latent_extraction) or raw_labelled_images)
 
 
 def _spaces(reference_classifier: Path, params: EvaluationParams) -> list[FeatureSpace]:
@@ -115,13 +134,15 @@ def _load_split(root: Path, split: str, size: int, params: EvaluationParams, per
     return LabelledSplit(torch.cat(images), torch.cat(labels), tuple(LabelledImageFolder(root, split).classes))
 
 
-def fit_reference_classifier(gan_tokenizer: Path, raw_labelled_images: Path, params: EvaluationParams) -> FolderWriter:
-    """The writer of the reference classifier: SmallCNN trained on the train split at the tokenizer's size.
+def fit_reference_classifier(gan_tokenizer: Path, raw_labelled_images: Path, params: EvaluationParams,
+                             latent_extraction: Any = None) -> StagedFolder:
+    """The reference classifier, trained here: SmallCNN on the train split at the tokenizer's size.
 
     The first node of the pipeline, so a missing Inception weight file fails here, before any work."""
     _require_inception_weights(params)  # before the tokenizer is read
     size = params.reference_classifier.image_size or tokenizer_source(gan_tokenizer).image_size
-    return reference_classifier_writer(raw_labelled_images, params, size)
+    root = _root(raw_labelled_images, params, latent_extraction)
+    return write_now(reference_classifier_writer(root, params, size), "reference_classifier")
 
 
 def _require_inception_weights(params: EvaluationParams) -> None:
@@ -131,14 +152,19 @@ def _require_inception_weights(params: EvaluationParams) -> None:
 
 def reference_classifier_writer(raw_labelled_images: Path, params: EvaluationParams, image_size: int) -> FolderWriter:
     """The reference classifier's writer, training at ``reference_classifier.image_size`` or else
-    ``image_size``; a missing Inception weight file fails here."""
+    ``image_size`` on ``evaluation.image_root`` or else ``raw_labelled_images``; a missing Inception
+    weight file fails here."""
     _require_inception_weights(params)
     settings, root = params.reference_classifier, _root(raw_labelled_images, params)
     size = settings.image_size or image_size
 
     def write(folder: Path) -> None:
+        started = time.perf_counter()
         train = _load_split(root, "train", size, params, settings.train_per_class)
         val = _load_split(root, params.reconstruction.split, size, params, None)
+        log.info("reference classifier: %d train and %d %s images of %s at %d px read in %.0f s; training "
+                 "SmallCNN for %d epochs", len(train.labels), len(val.labels), params.reconstruction.split, root,
+                 size, time.perf_counter() - started, settings.epochs)
         write_reference_classifier(folder, *train_reference_classifier(train, val, settings,
                                                                         resolve_device(params.device)))
 
@@ -146,9 +172,10 @@ def reference_classifier_writer(raw_labelled_images: Path, params: EvaluationPar
 
 
 def evaluate_reconstruction(pretrained_tokenizer: Path, gan_tokenizer: Path, raw_labelled_images: Path,
-                            reference_classifier: Path, params: EvaluationParams) -> tuple[dict[str, Any], Figure]:
+                            reference_classifier: Path, params: EvaluationParams,
+                            latent_extraction: Any = None) -> tuple[dict[str, Any], Figure]:
     """PSNR, SSIM, LPIPS and rFID of the pre- and post-GAN tokenizers on the val split, and the grid."""
-    settings, root = params.reconstruction, _root(raw_labelled_images, params)
+    settings, root = params.reconstruction, _root(raw_labelled_images, params, latent_extraction)
     spaces, device = _spaces(reference_classifier, params), resolve_device(params.device)
     tokenizers = {"pre_gan": load_tokenizer(pretrained_tokenizer, device),
                   "post_gan": load_tokenizer(gan_tokenizer, device)}
@@ -186,10 +213,11 @@ def _features(tokenizer: Any, root: Path, split: str, params: EvaluationParams, 
 
 
 def evaluate_understanding(tokenizer_checkpoint: dict[str, Any], pretrained_tokenizer: Path, raw_labelled_images: Path,
-                           reference_classifier: Path, params: EvaluationParams) -> tuple[dict[str, Any], Figure]:
+                           reference_classifier: Path, params: EvaluationParams,
+                           latent_extraction: Any = None) -> tuple[dict[str, Any], Figure]:
     """Linear probe (DINOv2's protocol) and zero-shot on the val split, beside chance, a raw-pixel probe and
     the supervised reference classifier; the probe's confusion matrix."""
-    settings, root = params.understanding, _root(raw_labelled_images, params)
+    settings, root = params.understanding, _root(raw_labelled_images, params, latent_extraction)
     device = resolve_device(params.device)
     tokenizer = load_tokenizer(pretrained_tokenizer, device)
     classifier_record = read_reference_record(reference_classifier)
@@ -239,10 +267,11 @@ def _unguided_set(folder: Path, guided: Path) -> Path:
 
 
 def evaluate_generation(dit_samples: Path, dit_samples_unguided: Path, raw_labelled_images: Path,
-                        reference_classifier: Path, params: EvaluationParams) -> tuple[dict[str, Any], Figure]:
+                        reference_classifier: Path, params: EvaluationParams,
+                        latent_extraction: Any = None) -> tuple[dict[str, Any], Figure]:
     """gFID, IS, precision/recall and gen_class_acc of the samples without guidance and with the configured
     CFG, each with its protocol; and a grid of the guided samples per class."""
-    settings, root = params.generation, _root(raw_labelled_images, params)
+    settings, root = params.generation, _root(raw_labelled_images, params, latent_extraction)
     spaces, device = _spaces(reference_classifier, params), resolve_device(params.device)
     extractors = {space.name: space.create(device) for space in spaces}
     classifier = reference_space(reference_classifier).create(device)
@@ -285,11 +314,12 @@ def evaluate_generation(dit_samples: Path, dit_samples_unguided: Path, raw_label
 def report_evaluation(reconstruction: dict[str, Any], understanding: dict[str, Any], generation: dict[str, Any],
                       reference_classifier: Path, tokenizer_training_log: list[dict[str, Any]],
                       decoder_gan_training_log: list[dict[str, Any]], dit_training_log: list[dict[str, Any]],
-                      ) -> tuple[dict[str, Any], dict[str, Any], str, str, Figure]:
-    """metrics.json (nested by family), the MLflow metrics, the Markdown summary, the plain-text
-    headline table (which the run prints at its end) and every stage's losses."""
+                      ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], str, str, Figure]:
+    """metrics.json (the numbers, nested by family), protocol.json (how each was measured, settings,
+    counts, breakdowns, the environment: ``split_report``), the MLflow metrics, the Markdown summary,
+    the plain-text headline table (which the run prints at its end) and every stage's losses."""
     classifier = read_reference_record(reference_classifier)
-    metrics = {"reconstruction": reconstruction, "understanding": understanding,
+    report = {"reconstruction": reconstruction, "understanding": understanding,
                "generation": {**generation, "reference_classifier": {
                    key: classifier[key] for key in ("val_top1", "train_top1", "chance", "train_images", "val_images")}},
                "environment": {"torch": torch.__version__, "python": platform.python_version()}}
@@ -298,4 +328,6 @@ def report_evaluation(reconstruction: dict[str, Any], understanding: dict[str, A
         "decoder GAN": (decoder_gan_training_log, ("loss", "rec", "g_adv", "d_loss")),
         "LightningDiT": (dit_training_log, ("loss", "mse", "cosine")),
     }, title="every stage's training losses")
-    return metrics, flat_metrics(metrics), summary_markdown(metrics, PAPER_REFERENCE), headline_table(metrics), curves
+    metrics, protocol = split_report(report)
+    return (metrics, protocol, flat_metrics(report), summary_markdown(report, PAPER_REFERENCE), headline_table(report),
+            curves)

@@ -16,7 +16,7 @@ from vtp_kedro.vtp.jobs.extract_latents import JOB as EXTRACTION
 from vtp_kedro.vtp.jobs.extract_latents import ExtractionJobConfig
 from vtp_kedro.vtp.train.distributed import DeviceKind
 from vtp_kedro.vtp.train.launcher import LauncherConfig, job_folder, launch_job
-from vtp_kedro.vtp.io import folder_digest
+from vtp_kedro.vtp.io import folder_digest, project_relative
 
 
 class ExtractionParams(LatentExtractionConfig):
@@ -41,7 +41,7 @@ def encode_labelled_images(gan_tokenizer: Path, raw_labelled_images: Path,
     tokenizer = load_tokenizer(tokenizer_path, "cpu")  # a wrong folder fails now, before any process starts
     config = LatentExtractionConfig(**{**params.extraction.model_dump(),
                                        "image_size": params.extraction.image_size or tokenizer.image_size})
-    identity = {"tokenizer": folder_digest(tokenizer_path), "image_root": str(image_root.resolve())}
+    identity = {"tokenizer": folder_digest(tokenizer_path), "image_root": str(project_relative(image_root.resolve()))}
 
     def write(folder: Path) -> None:
         job = ExtractionJobConfig(tokenizer=str(tokenizer_path), image_root=str(image_root), output=str(folder),

@@ -138,6 +138,9 @@ def plan_scaling_study(filtered_shards: Path, study: ScalingStudyParams, tokeniz
         shards, samples = prefixes.get(point.data_size, (None, None))
         points.append(PlannedPoint(point, _point_params(point, study, shards, stages), samples))
     study_evaluation = points[0].params["evaluation"]
+    if study_evaluation.image_root is None and latent_extraction.image_root is not None:
+        # the evaluation follows the folder the latents come from (as the evaluation pipeline does)
+        study_evaluation = study_evaluation.model_copy(update={"image_root": latent_extraction.image_root})
     log.info("scaling study: %d points in %s", len(points), study.points_dir)
     return ScalingPlan(points_dir=study.points_dir, points=points, evaluation=study_evaluation,
                        image_size=points[0].params["tokenizer_pretraining"].data.image_size)

@@ -32,6 +32,7 @@ from vtp_kedro.pipelines.latent_extraction.pipeline import create_pipeline as la
 from vtp_kedro.pipelines.tokenizer_pretraining.pipeline import create_pipeline as tokenizer_pretraining
 from vtp_kedro.vtp.config import Config
 from vtp_kedro.vtp.io import atomic_path
+from vtp_kedro.vtp.metrics.report import merge_report
 from vtp_kedro.vtp.scaling import GridPoint, result_row
 from vtp_kedro.vtp.train.checkpoint import TRAINER_STATE_FILE
 
@@ -161,7 +162,11 @@ def point_row(planned: PlannedPoint, catalog: DataCatalog, mlflow_run_id: str | 
     current table code): the evaluation's metrics, the online probe's log, the final trainer state."""
     checkpoint = Path(catalog.load("tokenizer_checkpoint_path"))
     trainer_state = json.loads((checkpoint / TRAINER_STATE_FILE).read_text())
-    return result_row(planned.point, catalog.load("evaluation_metrics"), catalog.load("tokenizer_probe_log"),
+    # metrics.json holds the numbers, protocol.json the settings beside them (a point finished before
+    # the split has everything in metrics.json)
+    protocol = catalog.load("evaluation_protocol") if catalog.exists("evaluation_protocol") else {}
+    report = merge_report(catalog.load("evaluation_metrics"), protocol)
+    return result_row(planned.point, report, catalog.load("tokenizer_probe_log"),
                       trainer_state, planned.data_samples, mlflow_run_id)
 
 

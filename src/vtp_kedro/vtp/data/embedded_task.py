@@ -18,6 +18,7 @@ Everything is seeded and runs on CPU in minutes.
 from __future__ import annotations
 
 import io
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from torch.nn import functional as F
 
 from vtp_kedro.vtp.data.imagefolder import LabelledImageFolder
 from vtp_kedro.vtp.data.synthetic import SHAPES, SyntheticConfig, encode_jpeg, render_sample
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -131,12 +134,14 @@ def standardize_pixels(images: Tensor) -> Tensor:
 
 def train_cnn(train: LabelledSplit, val: LabelledSplit, *, epochs: int = 20, batch_size: int = 64, lr: float = 3e-3,
               weight_decay: float = 0.05, width: int = 32, seed: int = 0,
-              device: str | torch.device = "cpu") -> CNNResult:
+              device: str | torch.device = "cpu", log_every_s: float | None = 20.0) -> CNNResult:
     """Train ``SmallCNN`` from scratch with AdamW, a one-cycle cosine schedule and random horizontal flips.
 
     The learning rate warms up linearly over the first 10% of steps, then follows
     ``lr_t = lr * (1 + cos(pi * progress)) / 2``. Returns the final epoch's val top-1 (no early stopping)
     and the model on the CPU; the split stays in memory as uint8 and each batch moves to ``device``.
+    Progress (epoch, mean loss, elapsed, ETA) is logged at the end of an epoch when ``log_every_s``
+    seconds have passed since the last line, and after the last epoch; None: silent.
     """
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -149,9 +154,10 @@ def train_cnn(train: LabelledSplit, val: LabelledSplit, *, epochs: int = 20, bat
         optimizer,
         lambda step: (step + 1) / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup))),
     )
-    start = time.perf_counter()
-    for _ in range(epochs):
+    start = last_log = time.perf_counter()
+    for epoch in range(epochs):
         model.train()
+        losses = []
         order = torch.randperm(len(train.labels), generator=generator)
         for first in range(0, len(order), batch_size):
             index = order[first:first + batch_size]
@@ -163,6 +169,12 @@ def train_cnn(train: LabelledSplit, val: LabelledSplit, *, epochs: int = 20, bat
             loss.backward()
             optimizer.step()
             schedule.step()
+            losses.append(loss.detach())
+        now = time.perf_counter()
+        if log_every_s is not None and (now - last_log >= log_every_s or epoch == epochs - 1):
+            last_log, elapsed = now, now - start
+            log.info("SmallCNN epoch %d/%d: loss %.4g, %.0f s elapsed, about %.0f s to go", epoch + 1, epochs,
+                     torch.stack(losses).mean().item(), elapsed, elapsed / (epoch + 1) * (epochs - epoch - 1))
     seconds = time.perf_counter() - start
     return CNNResult(
         model=model.eval().cpu(), val_top1=cnn_accuracy(model, val), train_top1=cnn_accuracy(model, train),

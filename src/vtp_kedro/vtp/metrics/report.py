@@ -19,6 +19,57 @@ PAPER_REFERENCE: dict[str, Any] = {
 }
 
 
+# What ``split_report`` moves out of metrics.json into protocol.json: how each number was measured
+# (protocols, the environment, settings and counts), the context it is read against (chance, the
+# raw-pixel probe, the supervised CNN, the reference classifier's own accuracy, the originals'
+# class_acc_ref) and the breakdowns behind a headline number. metrics.json keeps the results of
+# the tokenizer and the DiT: a `dvc metrics show` table of numbers.
+PROTOCOL_KEYS = frozenset({
+    "protocol", "environment",                                                            # how it was measured
+    "cfg_scale", "samples", "images", "train_images", "val_images", "feature_dim", "lr",  # settings, counts
+    "chance", "pixel_baseline_top1", "supervised_cnn_top1", "reference_classifier", "original",  # floors, ceilings
+    "gen_class_acc_per_class", "top1_per_lr", "confusion_matrix", "is_std_ref", "is_std",  # breakdowns, spreads
+})
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def split_report(report: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(metrics, protocol)``: the report's numbers (a DVC metric: ``dvc metrics show`` reads as a
+    table of results) and everything else at the same nested keys: protocols, environment, settings,
+    counts, descriptions and the breakdowns (``PROTOCOL_KEYS``, text, lists, missing values).
+    ``merge_report(*split_report(r)) == r``."""
+    metrics: dict[str, Any] = {}
+    protocol: dict[str, Any] = {}
+    for key, value in report.items():
+        if key in PROTOCOL_KEYS:
+            protocol[key] = value
+        elif isinstance(value, dict):
+            numbers, rest = split_report(value)
+            if numbers:
+                metrics[key] = numbers
+            if rest or not numbers:
+                protocol[key] = rest
+        elif _is_number(value):
+            metrics[key] = value
+        else:
+            protocol[key] = value
+    return metrics, protocol
+
+
+def merge_report(metrics: dict[str, Any], protocol: dict[str, Any]) -> dict[str, Any]:
+    """The whole report again from metrics.json and protocol.json (``split_report``'s inverse)."""
+    merged = dict(metrics)
+    for key, value in protocol.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_report(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
 def flat_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, dict[str, float]]:
     """Every numeric leaf as ``{"a.b.c": {"value", "step": 0}}`` (kedro-mlflow's metrics format);
     protocols, lists and missing values are left to the JSON artifact."""

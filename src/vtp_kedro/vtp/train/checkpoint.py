@@ -16,14 +16,25 @@
 The folder is written under a temporary name and renamed when complete, so a process killed
 mid-save leaves no folder that looks like a checkpoint; ``latest_checkpoint`` only sees
 complete ones.
+
+A folder can still be damaged after it was written (a full disk, a copy cut short, a flipped
+byte): ``trainer_state.json``, written last, records the sha256 of every other file
+(``files``), and ``checkpoint_problem`` says what is wrong with a folder (a missing, truncated or
+changed file, by name) without loading it. A resume takes the newest *intact* checkpoint
+(``latest_intact_checkpoint``), naming each damaged one it skips; ``load_checkpoint`` fails with
+``DamagedCheckpointError`` naming the file instead of a reader's bare error.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import random
 import re
 import shutil
+import struct
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +51,18 @@ OPTIMIZER_FILE = "optimizer.pt"
 TRAINER_STATE_FILE = "trainer_state.json"
 RNG_FILE = "rng.pt"
 _FILES = (MODEL_FILE, TASK_STATE_FILE, OPTIMIZER_FILE, TRAINER_STATE_FILE, RNG_FILE)
+_DIGESTED = (MODEL_FILE, TASK_STATE_FILE, OPTIMIZER_FILE, RNG_FILE)  # their sha256 in trainer_state.json
+DIGESTS_KEY = "files"
+
+log = logging.getLogger(__name__)
+
+
+class DamagedCheckpointError(ValueError):
+    """A checkpoint folder whose files cannot be trusted: names the folder and what is wrong."""
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        super().__init__(f"checkpoint {path} is damaged: {problem}")
+        self.path, self.problem = Path(path), problem
 
 
 def checkpoint_name(step: int) -> str:
@@ -116,8 +139,9 @@ def write_checkpoint_files(folder: str | Path, step: int, *, model: dict[str, to
                            trainer_state: dict[str, Any], rng: list[dict[str, Any]]) -> None:
     """Write the checkpoint files into the existing ``folder`` (not atomic by itself)."""
     folder = Path(folder)
+    trainer_state = {key: value for key, value in trainer_state.items() if key != DIGESTS_KEY}
     try:
-        text = json.dumps({**trainer_state, "step": step}, indent=2, sort_keys=True)
+        json.dumps(trainer_state)
     except TypeError as error:
         raise TypeError(f"trainer state of step {step} is not JSON-serialisable (the data "
                         f"source's state_dict() must hold plain values): {error}") from None
@@ -125,6 +149,8 @@ def write_checkpoint_files(folder: str | Path, step: int, *, model: dict[str, to
     save_tensors(task_state, folder / TASK_STATE_FILE)
     torch.save(optimizer, folder / OPTIMIZER_FILE)
     torch.save(rng, folder / RNG_FILE)
+    digests = {name: _sha256(folder / name) for name in _DIGESTED}
+    text = json.dumps({**trainer_state, "step": step, DIGESTS_KEY: digests}, indent=2, sort_keys=True)
     (folder / TRAINER_STATE_FILE).write_text(text + "\n")
 
 
@@ -149,9 +175,97 @@ def list_checkpoints(directory: str | Path) -> list[Path]:
 
 
 def latest_checkpoint(directory: str | Path) -> Path | None:
-    """The complete checkpoint with the highest step in ``directory``, or None."""
+    """The complete checkpoint with the highest step in ``directory``, or None (not verified:
+    see ``latest_intact_checkpoint``)."""
     found = list_checkpoints(directory)
     return found[-1] if found else None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """What is wrong with a safetensors file's framing (header and size), reading only its header."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            return f"{path.name} is truncated ({size} bytes, no header)"
+        (length,) = struct.unpack("<Q", head)
+        if length > size - 8:
+            return f"{path.name} is truncated: its header says {length} bytes, the file has {size - 8} after the length"
+        try:
+            header = json.loads(handle.read(length))
+            end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError, IndexError) as error:
+            return f"{path.name} has an unreadable header ({error})"
+    if size != 8 + length + end:
+        return f"{path.name} has {size} bytes where its header describes {8 + length + end} (truncated or extended)"
+    return None
+
+
+def checkpoint_problem(path: str | Path) -> str | None:
+    """What is wrong with the checkpoint folder ``path`` (a missing, truncated or changed file, by
+    name), or None when it is intact. Reads each file once (sha256), loads nothing.
+
+    Folders written before ``trainer_state.json`` recorded digests get the structural checks only
+    (safetensors framing, the ``.pt`` files' zip directories)."""
+    path = Path(path)
+    if not path.is_dir():
+        return "the folder does not exist"
+    missing = [name for name in _FILES if not (path / name).is_file()]
+    if missing:
+        return f"{', '.join(missing)} missing"
+    try:
+        state = json.loads((path / TRAINER_STATE_FILE).read_text())
+        step = state["step"]
+    except (ValueError, KeyError, TypeError) as error:
+        return f"{TRAINER_STATE_FILE} is unreadable ({type(error).__name__}: {error})"
+    if CHECKPOINT_NAME.match(path.name) and checkpoint_step(path) != step:
+        return f"{TRAINER_STATE_FILE} says step {step}, the folder's name step {checkpoint_step(path)}"
+    for name in (MODEL_FILE, TASK_STATE_FILE):
+        problem = _safetensors_problem(path / name)
+        if problem:
+            return problem
+    recorded = state.get(DIGESTS_KEY)
+    if isinstance(recorded, dict):
+        for name in _DIGESTED:
+            if name in recorded and _sha256(path / name) != recorded[name]:
+                return (f"{name} differs from the file that was saved (its sha256 is not the one recorded in "
+                        f"{TRAINER_STATE_FILE}): changed or corrupted on disk")
+        return None
+    for name in (OPTIMIZER_FILE, RNG_FILE):
+        try:
+            with zipfile.ZipFile(path / name) as archive:
+                bad = archive.testzip()
+        except (zipfile.BadZipFile, OSError) as error:
+            return f"{name} is not a readable torch file ({error})"
+        if bad is not None:
+            return f"{name} is corrupted (record {bad} fails its CRC)"
+    return None
+
+
+def verify_checkpoint(path: str | Path) -> None:
+    """Raise ``DamagedCheckpointError`` (naming the file and what is wrong) unless ``path`` is intact."""
+    problem = checkpoint_problem(path)
+    if problem is not None:
+        raise DamagedCheckpointError(path, problem)
+
+
+def latest_intact_checkpoint(directory: str | Path) -> Path | None:
+    """The newest checkpoint in ``directory`` that ``checkpoint_problem`` finds intact, or None; each
+    newer damaged one is skipped with a warning that names it and what is wrong."""
+    for path in reversed(list_checkpoints(directory)):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        log.warning("skipping checkpoint %s: %s; resuming from the previous intact one", path, problem)
+    return None
 
 
 def prune_checkpoints(directory: str | Path, keep_last: int) -> list[Path]:
@@ -187,13 +301,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     for name in _FILES:
         if not (path / name).is_file():
             raise FileNotFoundError(f"checkpoint {path} is incomplete: {name} is missing")
-    trainer_state = json.loads((path / TRAINER_STATE_FILE).read_text())
-    return {
-        "path": path,
-        "step": trainer_state["step"],
-        "model": load_tensors(path / MODEL_FILE, map_location),
-        "task_state": load_tensors(path / TASK_STATE_FILE, map_location),
-        "optimizer": torch.load(path / OPTIMIZER_FILE, map_location=map_location, weights_only=True),
-        "trainer_state": trainer_state,
-        "rng": torch.load(path / RNG_FILE, weights_only=True),
-    }
+    verify_checkpoint(path)
+    readers = {"model": (MODEL_FILE, lambda f: load_tensors(f, map_location)),
+               "task_state": (TASK_STATE_FILE, lambda f: load_tensors(f, map_location)),
+               "optimizer": (OPTIMIZER_FILE, lambda f: torch.load(f, map_location=map_location, weights_only=True)),
+               "trainer_state": (TRAINER_STATE_FILE, lambda f: json.loads(f.read_text())),
+               "rng": (RNG_FILE, lambda f: torch.load(f, weights_only=True))}
+    loaded: dict[str, Any] = {"path": path}
+    for key, (name, read) in readers.items():
+        try:
+            loaded[key] = read(path / name)
+        except Exception as error:  # a reader's bare error (SafetensorError, a zip error) names no file
+            raise DamagedCheckpointError(path, f"{name} cannot be read ({type(error).__name__}: {error})") from error
+    loaded["step"] = loaded["trainer_state"]["step"]
+    return loaded

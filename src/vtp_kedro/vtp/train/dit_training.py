@@ -15,6 +15,7 @@ frozen module of the task; sampling uses it.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,6 +31,20 @@ from vtp_kedro.vtp.models.ema import ema_update, make_teacher
 from vtp_kedro.vtp.sampling import SamplerConfig, sample
 from vtp_kedro.vtp.train.distributed import rank, world_size
 from vtp_kedro.vtp.train.trainer import TrainTask
+
+log = logging.getLogger(__name__)
+
+# Why the first logged grad_norm is ~1e6 (measured: a pre-clipping norm of 6.7e7 at step 0 for a
+# tiny DiT with the cosine term, 0.48 without it, about 5-7 from step 1 on). adaLN-Zero starts the
+# output layer at zero, so the model's velocity is exactly 0 at step 0, where the cosine term
+# 1 - cos(v, u) = 1 - v.u / max(|v| |u|, eps) has a gradient of about u / (eps |u|), eps = 1e-8.
+# The trainer clips that step to grad_clip, so training is unharmed (LightningDiT's loss is the same),
+# but grad_norm is logged before clipping and averaged over log_every steps: that one step gives the
+# first logged value (6.7e7 / 50 ~ 1.3e6 with log_every 50). From the first update on, v != 0.
+INITIAL_GRAD_NORM_NOTE = (
+    "step 0: the DiT's output starts at zero (adaLN-Zero), where the cosine loss's gradient is ~1/eps: this "
+    "step's gradient norm is huge (~1e7-1e8) and is clipped to grad_clip; the first logged grad_norm, a mean of "
+    "the pre-clipping norms over log_every steps, carries it (about 1e6), later ones do not")
 
 TASK_FACTORY = "vtp_kedro.vtp.train.dit_training:build_task"
 
@@ -97,6 +112,8 @@ class DiTTask(TrainTask):
         self.model = model
 
     def training_step(self, batch: Mapping[str, Any], step: int) -> tuple[Tensor, dict[str, Tensor]]:
+        if step == 0 and rank() == 0 and self.model.config.flow.cosine_weight > 0:
+            log.info(INITIAL_GRAD_NORM_NOTE)
         return self.model.training_step(batch, step)
 
     def after_optimizer_step(self, step: int, total_steps: int) -> None:

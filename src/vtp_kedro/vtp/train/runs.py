@@ -30,7 +30,7 @@ from vtp_kedro.vtp.io import DigestCache, folder_digest
 from vtp_kedro.vtp.train.checkpoint import load_checkpoint
 from vtp_kedro.vtp.train.curves import read_metrics_log
 from vtp_kedro.vtp.train.launcher import LauncherConfig, launch
-from vtp_kedro.vtp.train.trainer import TrainerConfig
+from vtp_kedro.vtp.train.trainer import WALL_CLOCK_METRICS, TrainerConfig
 
 # Trainer settings that change how a run is watched or stored, not what it computes.
 NOT_FINGERPRINTED = frozenset({"resume", "log_every", "checkpoint_every", "keep_last"})
@@ -94,7 +94,8 @@ def shards_digest(urls: Iterable[str], cache: DigestCache | None = None) -> str:
 # --- one stage's run --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class StageRun:
-    """A finished run: its folder, and its final checkpoint with ``config`` and ``metrics`` added."""
+    """A finished run: its folder, and its final checkpoint with ``config`` (without the MLflow target)
+    and ``metrics`` (without wall-clock throughput) added."""
 
     run_dir: Path
     checkpoint: dict[str, Any]
@@ -132,6 +133,10 @@ def train_stage(runs_dir: str | Path, trainer: TrainerConfig, task_factory: str,
         config_path.write_text(json.dumps(resolved, indent=2))
         final = launch(config_path, run_dir, launcher)
     checkpoint = load_checkpoint(final)
-    checkpoint["config"] = resolved
-    checkpoint["metrics"] = read_metrics_log(run_dir)
+    # What the stage exports (the checkpoint dataset, the training log) is the same bytes for the
+    # same run in any clone: without the MLflow run it logged into (in the run folder's config.json
+    # and in MLflow) and without wall-clock throughput (in metrics.jsonl and MLflow).
+    checkpoint["config"] = {**resolved, "mlflow": None}
+    checkpoint["metrics"] = [{k: v for k, v in record.items() if k not in WALL_CLOCK_METRICS}
+                             for record in read_metrics_log(run_dir)]
     return StageRun(run_dir=run_dir, checkpoint=checkpoint)

@@ -71,6 +71,7 @@ MetricLogger = Callable[[dict[str, float], int], None]
 METRICS_LOG = "metrics.jsonl"  # in the run folder: one {"step": ..., metric: value} record per log
 RESULT_FILE = "result.json"  # in the run folder: the final checkpoint and counters, from rank 0
 _TRAINER_METRICS = ("lr", "grad_norm", "samples_per_s", "samples", "flops", "flop_per_s", "nonfinite_steps")
+WALL_CLOCK_METRICS = ("samples_per_s", "flop_per_s")  # differ between identical runs: not in the exported logs
 
 
 # --- configuration -----------------------------------------------------------------------
@@ -418,9 +419,12 @@ class Trainer:
                                       "or set resume: auto")
             return None
         if resume == "auto":
-            return ckpt.latest_checkpoint(self.checkpoint_dir)
+            # A damaged checkpoint (a truncated or changed file) is named and skipped: the run
+            # resumes from the newest intact one, and saving the damaged step again replaces it.
+            return ckpt.latest_intact_checkpoint(self.checkpoint_dir)
         path = Path(resume)
         ckpt.checkpoint_step(path)  # a clear error for a path that is not a checkpoint folder
+        ckpt.verify_checkpoint(path)  # the one asked for: a damaged one fails here, naming the file
         return path
 
     def _initialise_weights(self, init: InitFromConfig) -> None:
