@@ -146,7 +146,7 @@ def expected_code_deps(stage: str) -> list[str]:
 
 def test_every_pipeline_of_the_default_run_has_a_stage() -> None:
     # The scaling study is not a stage: `dvc repro` is the default chain; the study runs hours and
-    # skips its finished points by their own fingerprints (README, "The scaling study").
+    # skips its finished points by their own fingerprints (docs/design.md).
     from vtp_kedro.pipeline_registry import NOT_IN_DEFAULT_RUN
 
     pipelines = sorted(p.name for p in (SRC / PACKAGE / "pipelines").iterdir()

@@ -15,7 +15,7 @@ from vtp_kedro.vtp.data.synthetic import SyntheticConfig, draw_scene, render_sam
 
 BOUNDS = CopyCheck()
 # Transformations whose every copy of the embedded 32-px scenes the check passes; a JPEG at
-# quality 50 or a downsizing to 16 px ruins some small objects (README, "Near duplicates").
+# quality 50 or a downsizing to 16 px ruins some small objects (docs/near-duplicates.md).
 EMBEDDED_TRANSFORMS = [name for name in TRANSFORMS if name not in ("jpeg_q50", "resize_0.5x")]
 
 

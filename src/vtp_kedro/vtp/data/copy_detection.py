@@ -31,7 +31,7 @@ is against the whole image; ``relative`` is large when everything differs a litt
 two unrelated textures that a thumbnail blurs to similar grey. A pair is a copy when
 ``local <= max_local`` and ``relative <= max_relative``, each taken in the direction where it is
 smaller (which image is the crop of the other is not known). The thresholds were measured
-on a labelled set (``vtp.data.near_duplicates``; README, "Near duplicates").
+on a labelled set (``vtp.data.near_duplicates``; docs/near-duplicates.md).
 """
 
 from __future__ import annotations

@@ -102,7 +102,7 @@ class CopyCheck(Config):
     """Bounds of the aligned copy check (``vtp.data.copy_detection``) that verifies each pair the
     perceptual hash proposes as near duplicates.
 
-    Measured on the labelled set (README, "Near duplicates"): a copy of a photograph lies at
+    Measured on the labelled set (docs/near-duplicates.md): a copy of a photograph lies at
     ``relative <= 0.50`` and distinct photographs at ``>= 0.95``; re-encoded (quality >= 75),
     resized, cropped and brightened copies of the embedded 32-px scenes at ``local <= 35`` and
     scenes that differ by an object at ``>= 59`` grey levels.
@@ -343,7 +343,7 @@ def _phash(image: Image.Image) -> int:
 
 
 # Crops (fractions off left, top, right, bottom) whose pHashes an image is indexed under too: a
-# copy cropped by up to ~8% lies within a few bits of one of them (README, "Near duplicates").
+# copy cropped by up to ~8% lies within a few bits of one of them (docs/near-duplicates.md).
 CROP_VARIANTS: tuple[tuple[float, float, float, float], ...] = (
     (0.03, 0.03, 0.03, 0.03), (0.06, 0.06, 0.06, 0.06),
     (0.05, 0.05, 0.0, 0.0), (0.0, 0.05, 0.05, 0.0), (0.0, 0.0, 0.05, 0.05), (0.05, 0.0, 0.0, 0.05),
