@@ -17,7 +17,7 @@ from vtp_kedro.vtp.data.preprocess import normalize
 from vtp_kedro.vtp.models.vtp import VTPConfig, VTPModel
 
 pytestmark = pytest.mark.slow
-TERMS = ("loss", "rec", "l1", "lpips", "clip", "ssl", "dino", "ibot", "koleo", "teacher_cls_entropy",
+TERMS = ("loss", "rec", "l1", "perceptual", "clip", "ssl", "dino", "ibot", "koleo", "teacher_cls_entropy",
          "lr", "grad_norm", "samples_per_s", "flops")
 
 
@@ -34,7 +34,8 @@ def test_checkpoint_loads_into_the_model(pretrained: Path) -> None:
     model = VTPModel(config)
     model.load_state_dict(checkpoint["model"])
     latent = model.tokenizer.encode(torch.zeros(2, 3, 32, 32))
-    assert latent.shape == (2, config.tokenizer.latent_dim, 8, 8)
+    grid = 32 // config.tokenizer.encoder.patch_size
+    assert latent.shape == (2, config.tokenizer.latent_dim, grid, grid)
     # The slim inference folder holds the same tokenizer; load_tokenizer opens both folders.
     for folder in ("data/06_models/pretrained_tokenizer", "data/06_models/tokenizer"):
         tokenizer = load_tokenizer(pretrained / folder)
@@ -58,7 +59,9 @@ def test_mlflow_run_has_every_term(pretrained: Path) -> None:
     for term in TERMS:
         history = client.get_metric_history(run.info.run_id, f"train/{term}")
         assert [m.step for m in history] == [2, 4, 6], term
-    assert run.data.params["tokenizer_pretraining.model.reconstruction.perceptual_backbone"] == "random"
+    # no VGG16 weights here: 'auto' leaves LPIPS out, and every step records that (perceptual = 0)
+    assert run.data.params["tokenizer_pretraining.model.reconstruction.perceptual_backbone"] == "auto"
+    assert {m.value for m in client.get_metric_history(run.info.run_id, "train/perceptual")} == {0.0}
     assert "tokenizer_pretraining/training_curves.png" in {
         a.path for a in client.list_artifacts(run.info.run_id, "tokenizer_pretraining")
     }
