@@ -146,6 +146,7 @@ def test_max_objects_bounds_the_object_count():
     for index in range(20):
         alone, full = sample_scene(config, "train", index), sample_scene(SyntheticConfig(), "train", index)
         assert alone.objects[0] == full.objects[0] and alone.background == full.background
+        assert alone.blur == full.blur
 
 
 def test_forcing_the_main_shape():
@@ -272,7 +273,11 @@ def test_near_duplicate_defects_are_edited_copies_of_the_previous_clean_sample()
         copy = np.asarray(Image.open(io.BytesIO(samples[index]["jpg"])).convert("RGB").resize((32, 32)), dtype=np.int16)
         original = _pixels(render_sample(SyntheticConfig(), "train", source).image)
         assert np.abs(copy - original).mean() < 20  # an edit of that image, not another scene
-    for transform in NEAR_DUPLICATE_TRANSFORMS:
-        assert Image.open(io.BytesIO(near_duplicate_of(render_sample(SyntheticConfig(), "train", 0).image, transform)))
+    image = render_sample(SyntheticConfig(), "train", 0).image
+    sizes = {t: Image.open(io.BytesIO(near_duplicate_of(image, t))).size for t in NEAR_DUPLICATE_TRANSFORMS}
+    assert sizes["resize_1.5x"] == (48, 48) and all(s == (32, 32) for t, s in sizes.items() if t != "resize_1.5x")
+    # the crop cuts what its name says: 3% of 32 px off each side, about one pixel
+    expected = image.resize((32, 32), Image.BICUBIC, box=(0.96, 0.96, 31.04, 31.04))
+    assert near_duplicate_of(image, "crop_3pct") == encode_jpeg(expected)
     with pytest.raises(ValueError, match="sharpen"):
         near_duplicate_of(render_sample(SyntheticConfig(), "train", 0).image, "sharpen")

@@ -82,6 +82,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of one file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 class DigestCache:
     """sha256 of local files, remembered by (path, size, mtime) so a rerun does not reread the data.
 
@@ -106,13 +115,10 @@ class DigestCache:
         cached = self.entries.get(key)
         if cached is not None and cached[:2] == stamp:
             return cached[2]
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        self.entries[key] = [*stamp, digest.hexdigest()]
+        digest = file_sha256(path)
+        self.entries[key] = [*stamp, digest]
         self._dirty = True
-        return digest.hexdigest()
+        return digest
 
     def save(self) -> None:
         if self.path is not None and self._dirty:

@@ -68,13 +68,13 @@ def report_filtering(
 ) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]], Figure, Figure]:
     """Counts per rule (a DVC metric and MLflow metrics), the shard manifest and two histograms.
 
-    On data with planted faults (the embedded generator's), ``planted_defects`` counts each kind
-    planted and dropped, and the clean samples dropped."""
+    On the embedded data (``input_shards: null``), whose generator plants and names faults,
+    ``planted_defects`` counts each kind planted and dropped, and the clean samples dropped; real
+    data names none, and is not read a second time to find that out."""
     report = read_filter_report(filtered_shards)
     counts = report.to_dict()
     manifest = counts.pop("shards")
-    outcome = planted_defect_outcome(params.input_shards or str(raw_captioned_shards), filtered_shards)
-    if outcome is not None:
+    if params.input_shards is None and (outcome := planted_defect_outcome(raw_captioned_shards, filtered_shards)):
         counts["planted_defects"] = outcome
     metrics = {name: {"value": float(value), "step": 0} for name, value in _flatten(counts).items()}
     return (

@@ -220,15 +220,15 @@ def sample_scene(config: SyntheticConfig, split: str, index: int, main_shape: st
         cx=round(0.5 + float(rng.uniform(-margin, margin)), 4), cy=round(0.5 + float(rng.uniform(-margin, margin)), 4),
         rotation=round(float(rng.uniform(-MAX_ROTATION, MAX_ROTATION)), 2), place="centre",
     )]
-    # Always drawn, so that a scene's numbers do not depend on max_objects beyond the distractor itself.
+    # Always drawn, so that a scene's other numbers do not depend on max_objects or on whether it has one.
     distractor_shape = str(rng.choice([s for s in SHAPES if s != main]))
     distractor_size = float(rng.uniform(*DISTRACTOR_SIZE))
     corner = str(rng.choice(CORNERS))
     rotation = round(float(rng.uniform(-MAX_ROTATION, MAX_ROTATION)), 2)
-    with_distractor = rng.random() < DISTRACTOR_PROBABILITY
-    if config.max_objects > 1 and with_distractor:
+    distractor_rgb = _random_colour(rng, tones)
+    present = rng.random() < DISTRACTOR_PROBABILITY
+    if config.max_objects > 1 and present:
         half = distractor_size / 2 + 0.02
-        distractor_rgb = _random_colour(rng, tones)
         objects.append(SceneObject(
             shape=distractor_shape, colour=colour_name(distractor_rgb), rgb=distractor_rgb,
             size=round(distractor_size, 4), cx=round(half if "left" in corner else 1 - half, 4),
@@ -488,32 +488,44 @@ DEFECTS: tuple[str, ...] = (
     "missing_caption", "invalid_caption", "empty_caption", "undecodable_image",
     "too_small", "aspect_ratio", "exact_duplicate", "near_duplicate",
 )
-# How a planted near duplicate was made from the previous clean sample's image (its JSON's
+def _jpeg(image: Image.Image, quality: int) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def _resized(image: Image.Image, scale: float) -> Image.Image:
+    side = round(image.size[0] * scale)
+    return image.resize((side, side), Image.BICUBIC)
+
+
+def _cropped(image: Image.Image, fraction: float) -> Image.Image:
+    side = image.size[0]
+    cut = fraction * side
+    return image.resize((side, side), Image.BICUBIC, box=(cut, cut, side - cut, side - cut))
+
+
+# How a planted near duplicate is made from the previous clean sample's image (its JSON's
 # ``near_duplicate_of`` and ``transform``): the edits a crawl meets, at sizes the filter's rule must catch.
-NEAR_DUPLICATE_TRANSFORMS: tuple[str, ...] = (
-    "jpeg_q70", "jpeg_q85", "resize_1.5x", "resize_0.75x_back", "crop_3pct", "brightness_0.9", "brightness_1.1",
-    "contrast_0.9", "contrast_1.1",
-)
+_NEAR_DUPLICATE_EDITS = {
+    "jpeg_q70": lambda image: _jpeg(image, 70),
+    "jpeg_q85": lambda image: _jpeg(image, 85),
+    "resize_1.5x": lambda image: encode_jpeg(_resized(image, 1.5)),
+    "resize_0.75x_back": lambda image: encode_jpeg(_resized(_resized(image, 0.75), 1 / 0.75)),
+    "crop_3pct": lambda image: encode_jpeg(_cropped(image, 0.03)),
+    "brightness_0.9": lambda image: encode_jpeg(ImageEnhance.Brightness(image).enhance(0.9)),
+    "brightness_1.1": lambda image: encode_jpeg(ImageEnhance.Brightness(image).enhance(1.1)),
+    "contrast_0.9": lambda image: encode_jpeg(ImageEnhance.Contrast(image).enhance(0.9)),
+    "contrast_1.1": lambda image: encode_jpeg(ImageEnhance.Contrast(image).enhance(1.1)),
+}
+NEAR_DUPLICATE_TRANSFORMS: tuple[str, ...] = tuple(_NEAR_DUPLICATE_EDITS)
 
 
 def near_duplicate_of(image: Image.Image, transform: str) -> bytes:
-    """JPEG bytes of ``image`` edited the way ``transform`` names (one of ``NEAR_DUPLICATE_TRANSFORMS``)."""
-    side = image.size[0]
-    if transform.startswith("jpeg_q"):
-        buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=int(transform.removeprefix("jpeg_q")))
-        return buffer.getvalue()
-    if transform == "resize_1.5x":
-        return encode_jpeg(image.resize((3 * side // 2, 3 * side // 2), Image.BICUBIC))
-    if transform == "resize_0.75x_back":
-        return encode_jpeg(image.resize((3 * side // 4, 3 * side // 4), Image.BICUBIC).resize((side, side), Image.BICUBIC))
-    if transform == "crop_3pct":
-        cut = 0.04 * side
-        return encode_jpeg(image.resize((side, side), Image.BICUBIC, box=(cut, cut, side - cut, side - cut)))
-    for name, enhancer in (("brightness_", ImageEnhance.Brightness), ("contrast_", ImageEnhance.Contrast)):
-        if transform.startswith(name):
-            return encode_jpeg(enhancer(image).enhance(float(transform.removeprefix(name))))
-    raise ValueError(f"unknown near-duplicate transform {transform!r}; choose from {NEAR_DUPLICATE_TRANSFORMS}")
+    """Image bytes of ``image`` edited the way ``transform`` names (one of ``NEAR_DUPLICATE_TRANSFORMS``)."""
+    if transform not in _NEAR_DUPLICATE_EDITS:
+        raise ValueError(f"unknown near-duplicate transform {transform!r}; choose from {NEAR_DUPLICATE_TRANSFORMS}")
+    return _NEAR_DUPLICATE_EDITS[transform](image)
 
 
 def _plant_defect(sample: dict, defect: str, image: Image.Image, previous_jpg: bytes) -> None:

@@ -99,7 +99,7 @@ class ReconstructionLoss(nn.Module):
     def __init__(self, config: ReconstructionLossConfig) -> None:
         super().__init__()
         self.config = config
-        backbone = config.perceptual_backbone
+        backbone = config.perceptual_backbone if config.perceptual_weight > 0 else None
         if backbone == "auto":
             # A random VGG is no perceptual metric and costs most of a small model's step, so
             # without the real weights the term is left out rather than faked; the choice is
@@ -111,8 +111,7 @@ class ReconstructionLoss(nn.Module):
                 backbone = None
             log.info("reconstruction loss: perceptual_backbone auto -> %s", "LPIPS-VGG16" if backbone else
                      f"L1 only ({VGG16_WEIGHTS} not found by the weights resolver)")
-        self.backbone = backbone if config.perceptual_weight > 0 else None
-        self.perceptual = build_lpips(self.backbone, config.weights_dir) if self.backbone is not None else None
+        self.perceptual = build_lpips(backbone, config.weights_dir) if backbone is not None else None
         self.register_buffer("mean", torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1), persistent=False)
 

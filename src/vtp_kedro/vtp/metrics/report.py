@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from vtp_kedro.vtp.config import merge_mappings
+
 # VTP-L-d64, the paper's Table 2: ImageNet 256 px, LightningDiT-XL/1 80 epochs, FID-50k without guidance.
 PAPER_REFERENCE: dict[str, Any] = {
     "source": "VTP-L-d64 (paper Table 2: ImageNet 256 px; gFID-50k, LightningDiT-XL 80 epochs, no CFG)",
@@ -61,13 +63,7 @@ def split_report(report: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]
 
 def merge_report(metrics: dict[str, Any], protocol: dict[str, Any]) -> dict[str, Any]:
     """The whole report again from metrics.json and protocol.json (``split_report``'s inverse)."""
-    merged = dict(metrics)
-    for key, value in protocol.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = merge_report(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
+    return merge_mappings(metrics, protocol)
 
 
 def flat_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, dict[str, float]]:

@@ -27,7 +27,6 @@ changed file, by name) without loading it. A resume takes the newest *intact* ch
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
@@ -40,7 +39,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from vtp_kedro.vtp.io import atomic_path
+from vtp_kedro.vtp.io import atomic_path, file_sha256
 from vtp_kedro.vtp.tensors import load_tensors, save_tensors
 
 CHECKPOINT_NAME = re.compile(r"^step_(\d{8})$")
@@ -149,7 +148,7 @@ def write_checkpoint_files(folder: str | Path, step: int, *, model: dict[str, to
     save_tensors(task_state, folder / TASK_STATE_FILE)
     torch.save(optimizer, folder / OPTIMIZER_FILE)
     torch.save(rng, folder / RNG_FILE)
-    digests = {name: _sha256(folder / name) for name in _DIGESTED}
+    digests = {name: file_sha256(folder / name) for name in _DIGESTED}
     text = json.dumps({**trainer_state, "step": step, DIGESTS_KEY: digests}, indent=2, sort_keys=True)
     (folder / TRAINER_STATE_FILE).write_text(text + "\n")
 
@@ -179,14 +178,6 @@ def latest_checkpoint(directory: str | Path) -> Path | None:
     see ``latest_intact_checkpoint``)."""
     found = list_checkpoints(directory)
     return found[-1] if found else None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _safetensors_problem(path: Path) -> str | None:
@@ -235,7 +226,7 @@ def checkpoint_problem(path: str | Path) -> str | None:
     recorded = state.get(DIGESTS_KEY)
     if isinstance(recorded, dict):
         for name in _DIGESTED:
-            if name in recorded and _sha256(path / name) != recorded[name]:
+            if name in recorded and file_sha256(path / name) != recorded[name]:
                 return (f"{name} differs from the file that was saved (its sha256 is not the one recorded in "
                         f"{TRAINER_STATE_FILE}): changed or corrupted on disk")
         return None
