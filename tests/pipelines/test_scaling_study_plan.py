@@ -86,8 +86,8 @@ def test_the_plan_fails_before_training_on_what_cannot_run(shards: Path) -> None
 def test_a_model_size_overrides_the_tokenizer(shards: Path) -> None:
     study, stages = _stage_params(grid={"objective": ["ae"], "budget_flops": [1e13], "model_size": ["small"]})
     (point,) = plan_scaling_study(shards, study, *stages.values()).points
-    assert point.params["tokenizer_pretraining"].model.tokenizer.encoder.width == 128
-    assert point.params["tokenizer_pretraining"].model.tokenizer.latent_dim == 32  # the rest is the default's
+    assert point.params["tokenizer_pretraining"].model.tokenizer.encoder.width == 96
+    assert point.params["tokenizer_pretraining"].model.tokenizer.latent_dim == 16  # the rest is the default's
 
 
 def _absolute(entry: dict, project: Path) -> dict:
