@@ -55,6 +55,18 @@ def test_paper_evaluation_is_inception_on_adm_reference_batch() -> None:
     assert evaluation.reconstruction.lpips_backbone == "vgg" and evaluation.understanding.features == "bottleneck"
 
 
+def test_paper_keeps_the_papers_choices_where_conf_base_scales_them_down() -> None:
+    """conf/base sets CPU-scale values that a soft merge would carry into conf/paper unless it names its own."""
+    parameters = parameters_of("paper")
+    tokenizer = TokenizerPretrainingParams.model_validate(parameters["tokenizer_pretraining"])
+    crops = tokenizer.model.multicrop
+    assert (crops.global_scale, crops.local_scale, crops.blur_sigma) == ((0.32, 1.0), (0.05, 0.32), (0.1, 2.0))
+    assert tokenizer.model.semantic_features == "bottleneck"
+    gan = DecoderGANParams.model_validate(parameters["decoder_gan"])
+    assert gan.comparison.lpips_backbone == "vgg" and gan.model.reconstruction.perceptual_backbone == "vgg"
+    assert gan.trainer.optimizers["generator"].lr == 2e-4
+
+
 def test_a_scheduler_address_needs_the_dask_executor() -> None:
     params = parameters_of("base")["data_filtering"]
     with pytest.raises(ValueError, match="scheduler_address is set but executor is not 'dask'"):

@@ -20,6 +20,7 @@ from vtp_kedro.vtp.data.filter_report import (
 from vtp_kedro.vtp.data.executors import ExecutorKind
 from vtp_kedro.vtp.data.filters import FilterRules, filter_shards
 from vtp_kedro.vtp.data.shards import expand_urls
+from vtp_kedro.vtp.metrics.report import flat_metrics
 
 
 class DataFilteringParams(Config):
@@ -76,7 +77,7 @@ def report_filtering(
     manifest = counts.pop("shards")
     if params.input_shards is None and (outcome := planted_defect_outcome(raw_captioned_shards, filtered_shards)):
         counts["planted_defects"] = outcome
-    metrics = {name: {"value": float(value), "step": 0} for name, value in _flatten(counts).items()}
+    metrics = flat_metrics(counts)
     return (
         counts,
         metrics,
@@ -84,13 +85,3 @@ def report_filtering(
         plot_resolution_histogram(report),
         plot_caption_length_histogram(report),
     )
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, int | float]:
-    flat: dict[str, int | float] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from matplotlib.figure import Figure
 from pydantic import Field
@@ -57,6 +57,10 @@ class GANDataParams(PretrainDataConfig):
 
 class ComparisonParams(Config):
     split: str = "val"
+    # The measurement's own LPIPS, as evaluation.reconstruction.lpips_backbone: the training loss's
+    # perceptual_backbone may be 'auto' (no LPIPS at all without the VGG16 weights), a metric
+    # names the network it ran.
+    lpips_backbone: Literal["vgg", "random"] = "vgg"
     max_images: int | None = Field(None, gt=0, description="None: every image of the split")
     batch_size: int = Field(64, gt=0)
     grid_images: int = Field(8, gt=0)
@@ -102,7 +106,7 @@ def compare_reconstructions(pretrained_tokenizer: Path, gan_tokenizer: Path, raw
     """PSNR, SSIM and LPIPS of the pre- and post-GAN decoders on held-out labelled images (the numbers
     as a DVC metric, how they were measured beside them, MLflow metrics), and a grid original |
     pre-GAN | post-GAN."""
-    settings, backbone = params.comparison, params.model.reconstruction.perceptual_backbone
+    settings, backbone = params.comparison, params.comparison.lpips_backbone
     tokenizers = {"pre_gan": load_tokenizer(params.tokenizer or pretrained_tokenizer),
                   "post_gan": load_tokenizer(gan_tokenizer)}
     size = tokenizers["post_gan"].image_size
