@@ -11,33 +11,19 @@ from kedro.io import DatasetError
 from vtp_kedro.datasets import CheckpointDataset, FolderDataset
 
 
-def test_folder_dataset_writes_atomically_and_replaces(tmp_path: Path) -> None:
+def test_folder_dataset_replaces_the_old_folder_whole_and_takes_only_staged_folders(tmp_path: Path) -> None:
+    from vtp_kedro.datasets.folder import StagedFolder
+
     dataset = FolderDataset(str(tmp_path / "out"))
     assert not dataset.exists() and dataset.load() == tmp_path / "out"
-    dataset.save(lambda folder: (folder / "a.tar").write_bytes(b"1"))
-    dataset.save(lambda folder: (folder / "b.tar").write_bytes(b"2"))
+    for name in ("a.tar", "b.tar"):
+        (tmp_path / "staged").mkdir()
+        (tmp_path / "staged" / name).write_bytes(b"1")
+        dataset.save(StagedFolder(tmp_path / "staged"))
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["b.tar"]  # stale files gone
-
-    def killed(folder: Path) -> None:
-        (folder / "half.tar").write_bytes(b"partial")
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        dataset.save(killed)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["b.tar"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary folder left
-    with pytest.raises(DatasetError, match="writer function"):
-        dataset.save(b"not a writer")
-
-
-def test_a_folder_dataset_at_an_fsspec_url_hands_the_writer_the_url() -> None:
-    import fsspec
-
-    dataset = FolderDataset("memory://bucket/filtered")
-    assert dataset.load() == "memory://bucket/filtered" and not dataset.exists()
-    fs = fsspec.filesystem("memory")
-    dataset.save(lambda url: fs.pipe_file(f"{url.removeprefix('memory://')}/00000.tar", b"1"))
-    assert dataset.exists() and fs.cat_file("bucket/filtered/00000.tar") == b"1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # nothing left beside it
+    with pytest.raises(DatasetError, match="StagedFolder"):
+        dataset.save(lambda folder: None)
 
 
 def test_checkpoint_dataset_round_trip(tmp_path: Path) -> None:
@@ -85,3 +71,52 @@ def test_a_node_fills_a_staged_folder_that_save_renames_into_place(tmp_path, mon
     with pytest.raises(RuntimeError):
         write_now(broken, "out")
     assert list((tmp_path / "data/.staging").iterdir()) == []
+
+
+def test_a_resumable_staged_folder_keeps_a_failed_writer_s_files_for_the_next_run(tmp_path, monkeypatch):
+    from vtp_kedro.datasets.folder import FolderDataset, write_now
+
+    monkeypatch.chdir(tmp_path)
+
+    def writer(fail: bool):
+        def write(folder: Path) -> None:
+            for part in ("a", "b"):
+                if not (folder / part).exists():
+                    if fail and part == "b":
+                        raise RuntimeError("killed")
+                    (folder / part).write_text(f"{part} written by the {'first' if fail else 'second'} run")
+        return write
+
+    with pytest.raises(RuntimeError):
+        write_now(writer(fail=True), "latents", resume=True)
+    staged = write_now(writer(fail=False), "latents", resume=True)
+    assert staged.path == Path("data/.staging/latents")
+    FolderDataset("data/05_model_input/latents").save(staged)
+    done = tmp_path / "data/05_model_input/latents"
+    assert (done / "a").read_text() == "a written by the first run"  # kept, not redone
+    assert (done / "b").read_text() == "b written by the second run"
+    assert not staged.path.exists()
+    scratch = write_now(lambda folder: (folder / "x").write_text("x"), "filtered", staging_dir=tmp_path / "shared")
+    assert scratch.path.resolve().parent == (tmp_path / "shared").resolve()
+
+
+def test_a_staged_folder_goes_to_a_url_file_by_file_its_top_level_files_last(tmp_path, monkeypatch):
+    import fsspec
+
+    from vtp_kedro.datasets.folder import FolderDataset, StagedFolder
+
+    staged = tmp_path / "staged"
+    (staged / "shards").mkdir(parents=True)
+    (staged / "shards" / "000.tar").write_text("shard")
+    (staged / "report.json").write_text("{}")
+    fs = fsspec.filesystem("memory")
+    uploaded = []
+    put_file = type(fs).put_file
+    monkeypatch.setattr(type(fs), "put_file", lambda self, lpath, rpath, **kw: (
+        uploaded.append(rpath), put_file(self, lpath, rpath, **kw))[1])
+    dataset = FolderDataset("memory://bucket/filtered")
+    assert dataset.load() == "memory://bucket/filtered" and not dataset.exists()
+    dataset.save(StagedFolder(staged))
+    assert dataset.exists()
+    assert [p.split("filtered/")[1] for p in uploaded] == ["shards/000.tar", "report.json"]
+    assert fs.cat("/bucket/filtered/report.json") == b"{}" and not staged.exists()

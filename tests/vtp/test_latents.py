@@ -88,3 +88,25 @@ def test_shards_of_another_tokenizer_are_not_reused(image_root, tokenizer, tmp_p
     other = extract_latents(tokenizer, image_root, tmp_path, config(splits=("val",)), identity={"tokenizer": "b"})
     assert other["splits"]["val"]["written"] == 1
     assert json.loads((tmp_path / "extraction.json").read_text())["identity"]["tokenizer"] == "b"
+
+
+def test_a_killed_extraction_resumes_from_its_finished_shards(image_root, tokenizer, tmp_path, monkeypatch):
+    import vtp_kedro.vtp.data.latents as latents
+
+    encode = latents._encode_shard
+    calls = []
+
+    def dies_on_the_second_shard(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the run is killed while the second shard is encoded
+        return encode(*args, **kwargs)
+
+    monkeypatch.setattr(latents, "_encode_shard", dies_on_the_second_shard)
+    with pytest.raises(KeyboardInterrupt):
+        extract_latents(tokenizer, image_root, tmp_path / "a", config(), identity={"tokenizer": "a"})
+    monkeypatch.setattr(latents, "_encode_shard", encode)
+    resumed = extract_latents(tokenizer, image_root, tmp_path / "a", config(), identity={"tokenizer": "a"})
+    assert resumed["splits"]["train"]["skipped"] == 1 and resumed["splits"]["train"]["written"] == 2
+    extract_latents(tokenizer, image_root, tmp_path / "b", config(), identity={"tokenizer": "a"})
+    assert digests(tmp_path / "a") == digests(tmp_path / "b")

@@ -27,13 +27,26 @@ class StagedFolder:
     path: Path
 
 
-def write_now(writer: FolderWriter, name: str) -> StagedFolder:
-    """Run ``writer`` now, in the node, into a fresh staging folder (``data/.staging/<name>.*``), so the
-    node's time is its work's (kedro-viz and the run log time nodes, not dataset saves); a failed
-    writer leaves nothing behind. ``FolderDataset.save`` renames the folder onto its path."""
-    STAGING_DIR.mkdir(parents=True, exist_ok=True)
+def write_now(writer: FolderWriter, name: str, *, resume: bool = False,
+              staging_dir: str | Path | None = None) -> StagedFolder:
+    """Run ``writer`` now, in the node, into a staging folder under ``staging_dir`` (default
+    ``data/.staging``), so the node's time is its work's (kedro-viz and the run log time nodes, not
+    dataset saves). ``FolderDataset.save`` then renames the folder onto its path.
+
+    By default the folder is fresh (``<name>.<random>``) and a failed writer leaves nothing
+    behind. With ``resume`` it is ``<name>`` itself and a failed writer's files stay, for the next
+    run's writer to pick up (a writer that skips what it finished, as the latent extraction does);
+    a different ``staging_dir`` is for writers whose workers run on other machines (a shared
+    file system)."""
+    root = Path(staging_dir) if staging_dir is not None else STAGING_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    if resume:
+        folder = Path(project_relative(root / name))
+        folder.mkdir(exist_ok=True)
+        writer(folder)
+        return StagedFolder(folder)
     # project-relative like every path a run records (mkdtemp returns an absolute path from Python 3.12 on)
-    folder = Path(project_relative(tempfile.mkdtemp(prefix=f"{name}.", dir=STAGING_DIR)))
+    folder = Path(project_relative(tempfile.mkdtemp(prefix=f"{name}.", dir=root)))
     try:
         writer(folder)
     except BaseException:
@@ -53,63 +66,47 @@ def _move(source: Path, target: Path) -> None:
         shutil.rmtree(source)
 
 
-class FolderDataset(AbstractDataset[FolderWriter | StagedFolder, Path | str]):
-    """A local folder written atomically and loaded as its path, or a folder at an fsspec URL.
+class FolderDataset(AbstractDataset[StagedFolder, Path | str]):
+    """A local folder, or a folder at an fsspec URL, that a node has filled and the save puts in place.
 
-    ``save`` takes a folder that the node has filled (``StagedFolder``, from ``write_now``: the
-    node does its work, and kedro-viz's node times are true), renamed onto ``path`` (the old
-    folder replaced whole), or a *writer*: a function that fills the folder it is given. The dataset
-    calls it with a temporary sibling of ``path`` and renames that onto ``path`` only when
-    the writer returns, so a killed run never leaves a half-written folder that a later
-    run (or ``dvc repro``) would take as done, and stale files of an earlier run vanish.
-    Lazy writing (as kedro-datasets' ``PartitionedDataset`` does with callables) keeps
-    large outputs streaming to disk instead of passing through memory.
-
-    With ``atomic: false`` the writer fills the folder in place instead: for resumable
-    outputs (latent shards) whose writer skips finished parts and writes each part atomically.
-
-    A ``path`` that is an fsspec URL (``s3://bucket/filtered``) has no rename: the writer gets
-    the URL itself and writes object by object (``filter_shards`` uploads each shard whole and
-    its report last, the mark of a finished output); ``load`` returns the URL as a string.
+    Nodes do their work (``write_now``: kedro-viz's and the run log's node times are the work's)
+    into a staging folder on the data's own disk and return it; ``save`` renames it onto ``path``,
+    the old folder replaced whole, so a killed run never leaves a half-written folder that a later
+    run (or ``dvc repro``) would take as done, and stale files of an earlier run vanish. A
+    ``path`` that is an fsspec URL (``s3://bucket/filtered``) gets the staged files uploaded one by
+    one, the folder's top-level files (a report, a record: the mark of a finished folder) last.
 
     ``load`` returns the folder's path (relative to the project root, where Kedro runs, when it
-    lies inside it: the paths that nodes record in their outputs are the same in every clone); readers (``expand_urls``, ``LabelledImageFolder``)
-    turn it into samples. It does not require the folder to exist, so that a node may
-    fall back to another source; the readers fail with a message naming the path.
+    lies inside it: the paths that nodes record in their outputs are the same in every clone), or
+    the URL as a string; readers (``expand_urls``, ``LabelledImageFolder``) turn it into samples.
+    It does not require the folder to exist, so that a node may fall back to another source; the
+    readers fail with a message naming the path.
     """
 
-    def __init__(self, path: str, atomic: bool = True, metadata: dict[str, Any] | None = None) -> None:
+    def __init__(self, path: str, metadata: dict[str, Any] | None = None) -> None:
         self._path: Path | str = path if is_url(path) else Path(path)
-        self._atomic = atomic
         self.metadata = metadata
 
     def _load(self) -> Path | str:
         return project_relative(self._path)
 
-    def _save(self, data: FolderWriter | StagedFolder) -> None:
-        if isinstance(data, StagedFolder):
-            self._save_staged(data.path)
-            return
-        if not callable(data):
+    def _save(self, data: StagedFolder) -> None:
+        if not isinstance(data, StagedFolder):
             raise DatasetError(
-                f"FolderDataset '{self._path}' saves a filled folder (StagedFolder) or a writer function "
-                f"(Path -> None), got {type(data).__name__}"
+                f"FolderDataset '{self._path}' saves a folder a node has filled (StagedFolder, from "
+                f"vtp_kedro.datasets.folder.write_now), got {type(data).__name__}"
             )
-        if isinstance(self._path, str):
-            data(self._path)
-            return
-        if not self._atomic:
-            self._path.mkdir(parents=True, exist_ok=True)
-            data(self._path)
-            return
-        with atomic_path(self._path) as tmp:
-            tmp.mkdir(parents=True)
-            data(tmp)
+        self._save_staged(data.path)
 
     def _save_staged(self, staged: Path) -> None:
         if isinstance(self._path, str):  # a URL: upload the files, then drop the local copy
             fs, path = fsspec.core.url_to_fs(self._path)
-            fs.put(f"{staged}/", path, recursive=True)
+            # Top-level files last: a writer's report or record (the filter's report, the latents'
+            # extraction.json) is the mark of a finished folder, as when the writer uploads itself.
+            files = sorted((f for f in staged.rglob("*") if f.is_file()),
+                           key=lambda f: (f.parent == staged, f.relative_to(staged).as_posix()))
+            for file in files:
+                fs.put_file(str(file), f"{path.rstrip('/')}/{file.relative_to(staged).as_posix()}")
             shutil.rmtree(staged)
             return
         with atomic_path(self._path) as tmp:
@@ -122,4 +119,4 @@ class FolderDataset(AbstractDataset[FolderWriter | StagedFolder, Path | str]):
         return self._path.is_dir()
 
     def _describe(self) -> dict[str, Any]:
-        return {"path": str(self._path), "atomic": self._atomic}
+        return {"path": str(self._path)}

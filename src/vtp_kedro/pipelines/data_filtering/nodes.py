@@ -8,7 +8,7 @@ from typing import Any
 from matplotlib.figure import Figure
 from pydantic import Field, model_validator
 
-from vtp_kedro.datasets.folder import FolderWriter
+from vtp_kedro.datasets.folder import StagedFolder, write_now
 from vtp_kedro.vtp.config import Config
 from vtp_kedro.vtp.data.filter_report import (
     plot_caption_length_histogram,
@@ -43,8 +43,12 @@ class DataFilteringParams(Config):
         return self
 
 
-def filter_captioned_shards(raw_captioned_shards: Path, params: DataFilteringParams) -> FolderWriter:
-    """Resolve the input shards now (a missing path fails before any work), filter when saved."""
+def filter_captioned_shards(raw_captioned_shards: Path, params: DataFilteringParams) -> StagedFolder:
+    """Filter the input shards into a staging folder that the catalog's save moves into place.
+
+    The folder is staged under ``work_dir`` when one is set: on a cluster of several machines the
+    workers write the output shards, so it must lie on the file system they share (as the dedup's
+    records do); then the save is a rename, or an upload when the catalog path is a URL."""
     urls = expand_urls(params.input_shards or str(raw_captioned_shards))
 
     def write(output_dir: Path) -> None:
@@ -61,7 +65,7 @@ def filter_captioned_shards(raw_captioned_shards: Path, params: DataFilteringPar
         )
         write_filter_report(report, output_dir)
 
-    return write
+    return write_now(write, "filtered_shards", staging_dir=params.work_dir)
 
 
 def report_filtering(

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from matplotlib.figure import Figure
 from pydantic import Field
 
-from vtp_kedro.datasets.folder import FolderWriter
+from vtp_kedro.datasets.folder import StagedFolder, write_now
 from vtp_kedro.vtp.config import Config
 from vtp_kedro.vtp.data.imagefolder import cropped_batches
 from vtp_kedro.vtp.data.loader import PretrainDataConfig
@@ -78,9 +78,9 @@ class DecoderGANParams(Config):
 
 
 def finetune_decoder(pretrained_tokenizer: Path, filtered_shards: Path, params: DecoderGANParams,
-                     ) -> tuple[dict[str, Any], list[dict[str, Any]], FolderWriter]:
+                     ) -> tuple[dict[str, Any], list[dict[str, Any]], StagedFolder]:
     """Train the decoder against the discriminator; returns the final checkpoint, its metrics log
-    and the writer of the GAN-finetuned tokenizer's inference folder."""
+    and the GAN-finetuned tokenizer's inference folder (staged)."""
     tokenizer = Path(params.tokenizer or pretrained_tokenizer)
     source = tokenizer_source(tokenizer)  # a folder that is not a tokenizer fails here, naming it
     data = PretrainDataConfig(**{**params.data.model_dump(), "shards": params.data.shards or str(filtered_shards),
@@ -93,7 +93,7 @@ def finetune_decoder(pretrained_tokenizer: Path, filtered_shards: Path, params: 
     export = partial(write_tokenizer_files, state=tokenizer_state(run.checkpoint["model"]), config=source.config,
                      image_size=data.image_size,
                      provenance={"stage": "decoder_gan", "run": run.run_dir.name, "step": run.checkpoint["step"]})
-    return run.checkpoint, run.metrics, export
+    return run.checkpoint, run.metrics, write_now(export, "gan_tokenizer")
 
 
 def plot_gan_curves(decoder_gan_training_log: list[dict[str, Any]]) -> Figure:

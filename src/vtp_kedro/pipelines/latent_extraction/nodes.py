@@ -7,7 +7,7 @@ from pathlib import Path
 import mlflow
 from pydantic import Field
 
-from vtp_kedro.datasets.folder import FolderWriter
+from vtp_kedro.datasets.folder import StagedFolder, write_now
 from vtp_kedro.vtp.config import Config
 from vtp_kedro.vtp.data.latents import LatentExtractionConfig
 from vtp_kedro.vtp.inference import load_tokenizer
@@ -34,8 +34,11 @@ class LatentExtractionParams(Config):
 
 
 def encode_labelled_images(gan_tokenizer: Path, raw_labelled_images: Path,
-                           params: LatentExtractionParams) -> FolderWriter:
-    """The writer of the latent folder: finished shards are kept, so a killed extraction resumes."""
+                           params: LatentExtractionParams) -> StagedFolder:
+    """Encode the labelled images into a latent folder that the catalog's save moves into place.
+
+    The folder is staged at a fixed place (``data/.staging/latents``) and finished shards are
+    kept there, so a killed extraction resumes where it stopped."""
     tokenizer_path = Path(params.tokenizer or gan_tokenizer)
     image_root = Path(params.image_root or raw_labelled_images)
     tokenizer = load_tokenizer(tokenizer_path, "cpu")  # a wrong folder fails now, before any process starts
@@ -57,4 +60,4 @@ def encode_labelled_images(gan_tokenizer: Path, raw_labelled_images: Path,
                         for split, counts in summary["splits"].items() if counts["written"]}
             mlflow.log_metrics(metrics)
 
-    return write
+    return write_now(write, "latents", resume=True)

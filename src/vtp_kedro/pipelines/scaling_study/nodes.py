@@ -23,7 +23,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from pydantic import model_validator
 
-from vtp_kedro.datasets.folder import FolderWriter
+from vtp_kedro.datasets.folder import StagedFolder, write_now
 from vtp_kedro.pipelines.decoder_gan.nodes import DecoderGANParams
 from vtp_kedro.pipelines.dit_training.nodes import DiTTrainingParams
 from vtp_kedro.pipelines.evaluation.nodes import EvaluationParams, reference_classifier_writer
@@ -146,7 +146,7 @@ def plan_scaling_study(filtered_shards: Path, study: ScalingStudyParams, tokeniz
                        image_size=points[0].params["tokenizer_pretraining"].data.image_size)
 
 
-def fit_study_reference_classifier(raw_labelled_images: Path, plan: ScalingPlan) -> FolderWriter:
+def fit_study_reference_classifier(raw_labelled_images: Path, plan: ScalingPlan) -> StagedFolder:
     """The one reference classifier every point's evaluation measures in (it depends on the labelled
     images and its settings only, so training it per point would repeat the same network). Kept in
     ``<points_dir>/.reference_classifiers/<fingerprint>``: a rerun of the study trains nothing."""
@@ -166,7 +166,7 @@ def fit_study_reference_classifier(raw_labelled_images: Path, plan: ScalingPlan)
                 train(tmp)
         shutil.copytree(trained, folder, dirs_exist_ok=True)
 
-    return write
+    return write_now(write, "scaling_study_reference_classifier")
 
 
 def run_scaling_study(plan: ScalingPlan, catalog_config: dict[str, Any], filtered_shards: Path,

@@ -14,7 +14,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from vtp_kedro.datasets.folder import FolderWriter
+from vtp_kedro.datasets.folder import StagedFolder, write_now
 from vtp_kedro.vtp.config import Config
 from vtp_kedro.vtp.data.loader import PretrainDataConfig
 from vtp_kedro.vtp.data.shards import expand_urls
@@ -53,10 +53,10 @@ class TokenizerPretrainingParams(Config):
 
 def pretrain_tokenizer(
     filtered_shards: Path, raw_labelled_images: Path, params: TokenizerPretrainingParams,
-) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]], FolderWriter]:
+) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]], StagedFolder]:
     """Train the tokenizer; returns the final checkpoint (with its resolved config and metrics
     log), the training metrics and the online probe's (for the plots, without reloading every
-    weight) and the writer of the slim inference folder that downstream stages and users open
+    weight) and the slim inference folder (staged) that downstream stages and users open
     with ``load_tokenizer``."""
     data = PretrainDataConfig(**{**params.data.model_dump(), "shards": params.data.shards or str(filtered_shards)})
     probe = None
@@ -71,7 +71,7 @@ def pretrain_tokenizer(
                      provenance={"stage": "tokenizer_pretraining", "run": run.run_dir.name,
                                  "step": run.checkpoint["step"]})
     training_log, probe_log = split_probe_records(run.metrics)
-    return run.checkpoint, training_log, probe_log, export
+    return run.checkpoint, training_log, probe_log, write_now(export, "pretrained_tokenizer")
 
 
 def split_probe_records(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

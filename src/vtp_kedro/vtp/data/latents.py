@@ -12,7 +12,8 @@ Output folder::
     stats.safetensors                 mean, std (1, C, 1, 1) over up to ``stats_samples`` non-flipped
                                       training latents (all of them for small sets)
 
-A shard is written atomically and skipped when it exists, so an interrupted extraction resumes;
+A shard is written atomically and skipped when it exists, so an interrupted extraction resumes
+(``extraction.json`` names what made the shards from the first one on);
 shard ``i`` of a split is encoded by rank ``i % world_size``.
 """
 
@@ -75,6 +76,10 @@ def extract_latents(tokenizer: Any, image_root: str | Path, output_dir: str | Pa
     if previous != identity and rank == 0:
         for stale in output_dir.glob("*/shard_*.safetensors"):
             stale.unlink()
+        # The identity goes down before the first shard, so that a killed extraction's shards are
+        # known as this identity's and kept by the next run; the counts are added at the end.
+        with atomic_path(record_path) as tmp:
+            tmp.write_text(json.dumps({"identity": identity}, indent=2, sort_keys=True) + "\n")
     barrier()  # no rank may write a shard before the stale ones are gone
     device = next(tokenizer.parameters()).device
     summary: dict[str, Any] = {"splits": {}}
