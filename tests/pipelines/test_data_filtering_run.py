@@ -125,3 +125,18 @@ def test_a_pipeline_run_alone_names_the_pipeline_that_makes_its_missing_input(
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert f"does not exist: run `kedro run --pipeline {maker}` first" in output
+
+
+def test_the_filter_node_does_its_work_before_it_returns(filtered_project: Path, tmp_path: Path, monkeypatch) -> None:
+    """The node returns a filled folder (kedro-viz's node time is the filter's, not a save's),
+    staged under work_dir when one is set (a cluster's workers write there)."""
+    from vtp_kedro.datasets.folder import StagedFolder
+    from vtp_kedro.pipelines.data_filtering.nodes import DataFilteringParams, filter_captioned_shards
+    from vtp_kedro.vtp.data.filters import FilterRules
+
+    monkeypatch.chdir(filtered_project)
+    params = DataFilteringParams(samples_per_shard=64, num_workers=1, work_dir=str(tmp_path / "shared"),
+                                 rules=FilterRules(near_dup_hamming=None))
+    staged = filter_captioned_shards(Path("data/01_raw/captioned_shards"), params)
+    assert isinstance(staged, StagedFolder) and staged.path.parent == tmp_path / "shared"
+    assert (staged.path / "filter_report.json").is_file() and sorted(staged.path.glob("*.tar"))

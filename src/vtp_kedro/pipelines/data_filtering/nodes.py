@@ -33,7 +33,7 @@ class DataFilteringParams(Config):
     # dask: None starts a LocalCluster of num_workers processes; else a running scheduler, e.g. tcp://head:8786
     scheduler_address: str | None = None
     dedup_partitions: int = Field(16, gt=0)
-    work_dir: str | None = None  # scratch for records and partitions; None: the system's temporary folder
+    work_dir: str | None = None  # scratch for records, partitions and the staged output; None: the system temporary folder (records), data/.staging (output)
     rules: FilterRules
 
     @model_validator(mode="after")
