@@ -244,3 +244,13 @@ def test_block_options_layer_scale_drop_path_and_ffn():
     assert first.mlp.fc1.out_features == 4 * 192
     swiglu = Block(192, 3)
     assert swiglu.mlp.fc1_g.out_features == 512  # 2/3 * 768, multiple of 8
+
+
+def test_presets_name_their_choices_when_a_name_is_unknown():
+    from vtp_kedro.vtp.models.dit import dit_config
+    from vtp_kedro.vtp.models.text import text_config
+
+    assert vit_config("tiny", depth=1).depth == 1 and vit_config("tiny").width == VIT_PRESETS["tiny"]["width"]
+    for make, kind in ((vit_config, "ViTConfig"), (text_config, "TextConfig"), (dit_config, "DiTConfig")):
+        with pytest.raises(ValueError, match=f"unknown {kind} preset 'Q'; choose one of"):
+            make("Q")

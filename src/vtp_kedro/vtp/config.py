@@ -41,3 +41,12 @@ def with_overrides(config: ConfigT, overrides: Mapping[str, Any], name: str = ""
         return type(config).model_validate(merge_mappings(config.model_dump(), overrides))
     except ValidationError as exc:
         raise ValueError(f"overrides of {name or type(config).__name__} are invalid: {exc}") from None
+
+
+def from_preset(config_type: type[ConfigT], presets: Mapping[str, Mapping[str, Any]], preset: str,
+                **overrides: Any) -> ConfigT:
+    """``config_type`` of the named size preset, with any field overridden; an unknown name fails
+    naming the choices."""
+    if preset not in presets:
+        raise ValueError(f"unknown {config_type.__name__} preset {preset!r}; choose one of {sorted(presets)}")
+    return config_type(**{**presets[preset], **overrides})

@@ -11,6 +11,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 def is_url(path: str | os.PathLike) -> bool:
@@ -125,6 +126,12 @@ class DigestCache:
             with atomic_path(self.path) as tmp:
                 tmp.write_text(json.dumps(self.entries, sort_keys=True))
             self._dirty = False
+
+
+def fingerprint(identity: Any, length: int) -> str:
+    """The first ``length`` hex digits of sha256 over ``identity`` as sorted-key JSON: the one name
+    of a configuration's content (run folders, grid points, feature caches)."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:length]
 
 
 def folder_digest(folder: str | Path, cache: DigestCache | None = None) -> str:

@@ -101,12 +101,6 @@ class EvaluationParams(Config):
     generation: GenerationParams = GenerationParams()
 
 
-def _in_project(path: str | Path) -> Path:
-    """A path inside the project relative to it (Kedro runs in the project folder), so that the
-    protocols are the same in every clone; a path elsewhere stays as it is."""
-    return Path(project_relative(path))
-
-
 def latent_image_root(latent_extraction: Any) -> str | None:
     """``latent_extraction.image_root``: from Kedro's parameters (a dict) or a typed config (the scaling study)."""
     if latent_extraction is None:
@@ -120,13 +114,14 @@ def _root(raw_labelled_images: Path, params: EvaluationParams, latent_extraction
     """The labelled folder the evaluation reads: ``evaluation.image_root``, else the one the latents came
     from (``latent_extraction.image_root``), else the embedded one. One setting points the whole chain at
     a user's folder; ``vtp_kedro.pipelines.chain`` refuses settings that disagree before any node runs."""
-    return _in_project(params.image_root or latent_image_root(latent_extraction) or raw_labelled_images)
+    # project-relative, so that the protocols are the same in every clone
+    return Path(project_relative(params.image_root or latent_image_root(latent_extraction) or raw_labelled_images))
 
 
 def _spaces(reference_classifier: Path, params: EvaluationParams) -> list[FeatureSpace]:
     """The configured feature spaces; a missing Inception weight file fails here, naming it."""
     return [inception_space(params.weights_dir) if name == "inception"
-            else reference_space(_in_project(reference_classifier)) for name in params.feature_spaces]
+            else reference_space(Path(project_relative(reference_classifier))) for name in params.feature_spaces]
 
 
 def _load_split(root: Path, split: str, size: int, params: EvaluationParams, per_class: int | None) -> LabelledSplit:

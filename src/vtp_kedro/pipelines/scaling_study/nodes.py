@@ -10,10 +10,7 @@ by DVC's per-stage locks of one workspace.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +38,7 @@ from vtp_kedro.pipelines.tokenizer_pretraining.nodes import TokenizerPretraining
 from vtp_kedro.vtp import scaling
 from vtp_kedro.vtp.config import Config, with_overrides
 from vtp_kedro.vtp.data.shards import expand_urls, shard_prefix
-from vtp_kedro.vtp.io import DigestCache, atomic_path, folder_digest
+from vtp_kedro.vtp.io import DigestCache, atomic_path, fingerprint, folder_digest, project_relative
 from vtp_kedro.vtp.train.runs import shards_digest
 
 log = logging.getLogger(__name__)
@@ -84,11 +81,6 @@ class ScalingPlan:
     image_size: int  # the tokenizers' training size, the reference classifier's default
 
 
-def _in_project(path: str) -> str:
-    """A path under the project relative to it, so that fingerprints are the same in every clone."""
-    return os.path.relpath(path) if Path(path).resolve().is_relative_to(Path.cwd()) else path
-
-
 def _point_runs_dir(runs_dir: str, point_dir: Path) -> str:
     """A stage's runs folder for the point: moved into the point's data tree when it is under data/,
     else a sub-folder ``scaling_study/<point>`` of it."""
@@ -129,7 +121,8 @@ def plan_scaling_study(filtered_shards: Path, study: ScalingStudyParams, tokeniz
                         ("latent_extraction.tokenizer", latent_extraction.tokenizer)):
         if value is not None:
             raise ValueError(f"{name} is {value!r}: the scaling study feeds each point its own tokenizer; set it to null")
-    urls = [_in_project(url) for url in expand_urls(tokenizer_pretraining.data.shards or str(filtered_shards))]
+    # project-relative, so that fingerprints are the same in every clone
+    urls = [str(project_relative(url)) for url in expand_urls(tokenizer_pretraining.data.shards or str(filtered_shards))]
     prefixes = {size: shard_prefix(urls, size) for size in study.grid.data_size if size is not None}
     stages = {"tokenizer_pretraining": tokenizer_pretraining, "decoder_gan": decoder_gan,
               "latent_extraction": latent_extraction, "dit_training": dit_training, "evaluation": evaluation}
@@ -155,8 +148,7 @@ def fit_study_reference_classifier(raw_labelled_images: Path, plan: ScalingPlan)
     identity = {"settings": plan.evaluation.model_dump(mode="json"), "image_size": plan.image_size,
                 "labelled_images": folder_digest(plan.evaluation.image_root or raw_labelled_images, cache)}
     cache.save()
-    fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-    trained = points_dir / ".reference_classifiers" / fingerprint
+    trained = points_dir / ".reference_classifiers" / fingerprint(identity, 16)
     train = reference_classifier_writer(raw_labelled_images, plan.evaluation, plan.image_size)
 
     def write(folder: Path) -> None:

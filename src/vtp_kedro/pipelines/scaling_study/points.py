@@ -13,7 +13,6 @@ point's runs folders, extraction skips finished shards. A finished point leaves 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 from collections.abc import Iterator, Mapping
@@ -31,7 +30,7 @@ from vtp_kedro.pipelines.evaluation.pipeline import create_pipeline as evaluatio
 from vtp_kedro.pipelines.latent_extraction.pipeline import create_pipeline as latent_extraction
 from vtp_kedro.pipelines.tokenizer_pretraining.pipeline import create_pipeline as tokenizer_pretraining
 from vtp_kedro.vtp.config import Config
-from vtp_kedro.vtp.io import atomic_path
+from vtp_kedro.vtp.io import atomic_path, fingerprint
 from vtp_kedro.vtp.metrics.report import merge_report
 from vtp_kedro.vtp.scaling import GridPoint, result_row
 from vtp_kedro.vtp.train.checkpoint import TRAINER_STATE_FILE
@@ -56,7 +55,7 @@ class PlannedPoint:
     def fingerprint(self, input_digests: Mapping[str, str]) -> str:
         identity = {"point": self.point.coordinates(), "inputs": dict(input_digests),
                     "params": {stage: params.model_dump(mode="json") for stage, params in self.params.items()}}
-        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+        return fingerprint(identity, 16)
 
 
 def point_stages() -> dict[str, Pipeline]:

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from vtp_kedro.vtp.data.imagefolder import LabelledImageFolder, cropped_batches
-from vtp_kedro.vtp.io import atomic_path
+from vtp_kedro.vtp.io import atomic_path, fingerprint
 from vtp_kedro.vtp.metrics.fidelity import (
     FeatureSpace,
     extract_features,
@@ -56,7 +56,7 @@ def cached_features(space: FeatureSpace, image_root: str | Path, split: str, ima
         listing.update(f"{Path(path).relative_to(folder.split_dir)}\0{Path(path).stat().st_size}\0{label}\n".encode())
     identity = {"space": space.fingerprint(), "split": split, "image_size": image_size, "images": len(samples),
                 "files": listing.hexdigest()}
-    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
+    key = fingerprint(identity, 20)
     path = Path(cache_dir) / f"{space.name}_{split}_{key}.npz"
     if path.is_file():
         with np.load(path) as npz:

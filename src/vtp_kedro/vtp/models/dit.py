@@ -35,7 +35,7 @@ from pydantic import Field, model_validator
 from timm.layers import PatchEmbed, RotaryEmbeddingCat, SwiGLU
 from torch import Tensor, nn
 
-from vtp_kedro.vtp.config import Config
+from vtp_kedro.vtp.config import Config, from_preset
 from vtp_kedro.vtp.models.vit import Attention
 
 # DiT/SiT: the sinusoidal timestep features the MLP reads, and their longest period.
@@ -111,9 +111,7 @@ DIT_PRESETS: dict[str, dict] = {
 
 def dit_config(preset: str, **overrides) -> DiTConfig:
     """The ``DiTConfig`` of a size preset; pass ``in_channels``, ``input_size`` and ``num_classes`` as overrides."""
-    if preset not in DIT_PRESETS:
-        raise ValueError(f"unknown DiT preset {preset!r}; choose one of {sorted(DIT_PRESETS)}")
-    return DiTConfig(**{**DIT_PRESETS[preset], **overrides})
+    return from_preset(DiTConfig, DIT_PRESETS, preset, **overrides)
 
 
 def dit_forward_flops(config: DiTConfig) -> int:

@@ -12,7 +12,7 @@ from open_clip.transformer import TextTransformer
 from pydantic import Field
 from torch import Tensor, nn
 
-from vtp_kedro.vtp.config import Config
+from vtp_kedro.vtp.config import Config, from_preset
 
 BPE_VOCAB_SIZE = 49408  # open_clip's bundled bpe_simple_vocab_16e6 plus <start_of_text>, <end_of_text>
 
@@ -36,9 +36,7 @@ TEXT_PRESETS: dict[str, dict] = {
 
 def text_config(preset: str, **overrides) -> TextConfig:
     """The ``TextConfig`` of a named preset, with any field overridden."""
-    if preset not in TEXT_PRESETS:
-        raise ValueError(f"unknown text preset {preset!r}; choose one of {sorted(TEXT_PRESETS)}")
-    return TextConfig(**{**TEXT_PRESETS[preset], **overrides})
+    return from_preset(TextConfig, TEXT_PRESETS, preset, **overrides)
 
 
 class TextEncoder(nn.Module):

@@ -31,7 +31,7 @@ from timm.layers import (
 )
 from torch import Tensor, nn
 
-from vtp_kedro.vtp.config import Config
+from vtp_kedro.vtp.config import Config, from_preset
 
 # DINOv3's RoPE period base over coordinates normalised to [-1, 1], as VTP's reference trunk
 # uses: a 96 px local crop and a 224 px global crop then span the same coordinate range.
@@ -93,9 +93,7 @@ VIT_PRESETS: dict[str, dict] = {
 
 def vit_config(preset: str, **overrides) -> ViTConfig:
     """The ``ViTConfig`` of a named size preset, with any field overridden."""
-    if preset not in VIT_PRESETS:
-        raise ValueError(f"unknown ViT preset {preset!r}; choose one of {sorted(VIT_PRESETS)}")
-    return ViTConfig(**{**VIT_PRESETS[preset], **overrides})
+    return from_preset(ViTConfig, VIT_PRESETS, preset, **overrides)
 
 
 def make_norm(kind: NormKind, dim: int) -> nn.Module:

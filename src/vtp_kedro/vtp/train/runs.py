@@ -26,7 +26,7 @@ from typing import Any
 
 from vtp_kedro.vtp.config import Config
 from vtp_kedro.vtp.data.shards import SHARD_MANIFEST
-from vtp_kedro.vtp.io import DigestCache, folder_digest
+from vtp_kedro.vtp.io import DigestCache, fingerprint, folder_digest
 from vtp_kedro.vtp.train.checkpoint import load_checkpoint
 from vtp_kedro.vtp.train.curves import read_metrics_log
 from vtp_kedro.vtp.train.launcher import LauncherConfig, launch
@@ -61,7 +61,7 @@ def run_fingerprint(resolved: Mapping[str, Any], inputs: Mapping[str, str]) -> s
         trainer["init_from"] = {k: v for k, v in trainer["init_from"].items() if k != "path"}
     identity = {"trainer": trainer, "task_factory": resolved["task_factory"], "task": resolved["task"],
                 "inputs": dict(inputs)}
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+    return fingerprint(identity, 12)
 
 
 # --- content digests --------------------------------------------------------------------------
