@@ -63,7 +63,7 @@ class ComparisonParams(Config):
     lpips_backbone: Literal["vgg", "random"] = "vgg"
     max_images: int | None = Field(None, gt=0, description="None: every image of the split")
     batch_size: int = Field(64, gt=0)
-    grid_images: int = Field(8, gt=0)
+    grid_images: int = Field(10, gt=0)
 
 
 class DecoderGANParams(Config):
@@ -121,7 +121,9 @@ def compare_reconstructions(pretrained_tokenizer: Path, gan_tokenizer: Path, raw
     metrics = {f"{name}.{metric}": {"value": float(value), "step": 0}
                for name in tokenizers for metric, value in report[name].items()}
     numbers, protocol = split_report(report)
-    originals = next(batches())[0][:settings.grid_images].float() / 255
+    # the first image of each class (the split is sorted by class: its first images are one class)
+    originals = next(cropped_batches(raw_labelled_images, settings.split, size, settings.grid_images,
+                                     settings.grid_images, per_class=1))[0].float() / 255
     rows = {"original": originals, **{name.replace("_", "-"): tok.decode(tok.encode(originals))
                                       for name, tok in tokenizers.items()}}
     figure = plot_image_grid(rows, title=f"{settings.split} reconstructions (LPIPS backbone: {backbone})")

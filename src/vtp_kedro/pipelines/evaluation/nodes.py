@@ -64,7 +64,7 @@ class ReconstructionParams(Config):
     split: str = "val"
     max_images: int | None = Field(None, gt=0, description="None: every image of the split (ImageNet val: 50k)")
     lpips_backbone: Literal["vgg", "random"] = "vgg"
-    grid_images: int = Field(8, gt=0)
+    grid_images: int = Field(10, gt=0)
 
 
 class UnderstandingParams(Config):
@@ -182,7 +182,9 @@ def evaluate_reconstruction(pretrained_tokenizer: Path, gan_tokenizer: Path, raw
                           "image_size": size, "preprocessing": "center_crop_arr", "lpips_backbone": settings.lpips_backbone,
                           "fid_pairs": "originals vs their uint8 reconstructions, the same images on both sides",
                           "feature_spaces": {space.name: space.describe() for space in spaces}}
-    originals = next(cropped_batches(root, settings.split, size, settings.grid_images, settings.grid_images))[0]
+    # the first image of each class (the split is sorted by class: its first images are one class)
+    originals = next(cropped_batches(root, settings.split, size, settings.grid_images, settings.grid_images,
+                                     per_class=1))[0]
     originals = originals.to(device).float() / 255
     rows = {"original": originals.cpu(), **{name.replace("_", "-"): tok.decode(tok.encode(originals)).cpu()
                                             for name, tok in tokenizers.items()}}
