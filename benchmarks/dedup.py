@@ -1,4 +1,4 @@
-"""Peak memory and samples/s of the partitioned dedup (vtp.data.dedup) against the in-memory sequential rule.
+"""Peak memory and samples/s of the partitioned dedup (vtp.curation.dedup) against the in-memory sequential rule.
 
     python benchmarks/dedup.py [--samples 100000 1000000] [--partitions 16] [--workers 2]
 
@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from summary import record_target  # benchmarks/summary.py: the row run_all.py gathers
-from vtp_kedro.vtp.data.dedup import DedupLayout, deduplicate, pigeonhole_bands, write_partitions
-from vtp_kedro.vtp.data.executors import ProcessExecutor
+from vtp_kedro.vtp.curation.dedup import DedupLayout, deduplicate, pigeonhole_bands, write_partitions
+from vtp_kedro.vtp.curation.executors import ProcessExecutor
 
 SHARD = 10_000
 THRESHOLD = 4

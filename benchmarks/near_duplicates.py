@@ -1,4 +1,4 @@
-"""Precision and recall of near-duplicate hash rules on a labelled set (vtp.data.near_duplicates).
+"""Precision and recall of near-duplicate hash rules on a labelled set (vtp.curation.near_duplicates).
 
     python benchmarks/near_duplicates.py [--embedded 300] [--max-side 256] [--dataset 8192]
 
@@ -8,7 +8,7 @@ transformation (JPEG q50/q75, resize 0.5x/1.5x, crops of 2% and 4% off every sid
 corner, brightness and contrast +-10%). For each rule (hash kinds ANDed, a Hamming threshold
 each) it prints recall and precision per transformation and set, then the distances behind
 them: the largest copy distance per transformation and the closest distinct pairs. Rules marked
-"+ check" add the filter's copy check (vtp.data.copy_detection) to the hash, as the filter does.
+"+ check" add the filter's copy check (vtp.curation.copy_detection) to the hash, as the filter does.
 
 --dataset N then runs the filter's rule (pHash within --hamming bits, then the check) over the
 first N images of the embedded captioned split, every one a distinct scene by the generator,
@@ -26,9 +26,9 @@ import imagehash
 import numpy as np
 from PIL import Image
 
-from vtp_kedro.vtp.data.copy_detection import is_copy, thumbnail
-from vtp_kedro.vtp.data.filters import CopyCheck, _phashes
-from vtp_kedro.vtp.data.near_duplicates import (
+from vtp_kedro.vtp.curation.copy_detection import is_copy, thumbnail
+from vtp_kedro.vtp.curation.filters import CopyCheck, _phashes
+from vtp_kedro.vtp.curation.near_duplicates import (
     TRANSFORMS,
     closest_distinct_pairs,
     distances,

@@ -132,7 +132,7 @@ def test_the_filter_node_does_its_work_before_it_returns(filtered_project: Path,
     staged under work_dir when one is set (a cluster's workers write there)."""
     from vtp_kedro.datasets.folder import StagedFolder
     from vtp_kedro.pipelines.data_filtering.nodes import DataFilteringParams, filter_captioned_shards
-    from vtp_kedro.vtp.data.filters import FilterRules
+    from vtp_kedro.vtp.curation.filters import FilterRules
 
     monkeypatch.chdir(filtered_project)
     params = DataFilteringParams(samples_per_shard=64, num_workers=1, work_dir=str(tmp_path / "shared"),

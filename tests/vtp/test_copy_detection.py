@@ -1,4 +1,4 @@
-"""The aligned copy check (vtp_kedro.vtp.data.copy_detection): copies pass, distinct images do not."""
+"""The aligned copy check (vtp_kedro.vtp.curation.copy_detection): copies pass, distinct images do not."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vtp_kedro.vtp.data.copy_detection import SIDE, copy_residuals, is_copy, thumbnail
-from vtp_kedro.vtp.data.filters import CopyCheck, _phash
-from vtp_kedro.vtp.data.near_duplicates import TRANSFORMS, real_photographs
+from vtp_kedro.vtp.curation.copy_detection import SIDE, copy_residuals, is_copy, thumbnail
+from vtp_kedro.vtp.curation.filters import CopyCheck, _phash
+from vtp_kedro.vtp.curation.near_duplicates import TRANSFORMS, real_photographs
 from vtp_kedro.vtp.data.synthetic import SyntheticConfig, draw_scene, render_sample, sample_scene
 
 BOUNDS = CopyCheck()

@@ -1,4 +1,4 @@
-"""Partitioned dedup (vtp_kedro.vtp.data.dedup) gives the sequential rule's verdicts for any partitioning."""
+"""Partitioned dedup (vtp_kedro.vtp.curation.dedup) gives the sequential rule's verdicts for any partitioning."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vtp_kedro.vtp.data.copy_detection import is_copy
-from vtp_kedro.vtp.data.dedup import DedupLayout, deduplicate, pigeonhole_bands, write_partitions, write_thumbnails
+from vtp_kedro.vtp.curation.copy_detection import is_copy
+from vtp_kedro.vtp.curation.dedup import DedupLayout, deduplicate, pigeonhole_bands, write_partitions, write_thumbnails
 
 CHECK = (40.0, 0.75)
 

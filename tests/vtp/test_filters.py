@@ -15,14 +15,14 @@ import pydantic
 import pytest
 from PIL import Image
 
-from vtp_kedro.vtp.data.filter_report import (
+from vtp_kedro.vtp.curation.filter_report import (
     planted_defect_outcome,
     plot_caption_length_histogram,
     plot_resolution_histogram,
     read_filter_report,
     write_filter_report,
 )
-from vtp_kedro.vtp.data.filters import (
+from vtp_kedro.vtp.curation.filters import (
     REASONS,
     ClipScorer,
     ClipScoreRule,
@@ -418,8 +418,8 @@ def test_counts_add_up(tmp_path: Path) -> None:
 
 
 def test_report_round_trips_through_its_folder(tmp_path) -> None:
-    from vtp_kedro.vtp.data.filter_report import read_filter_report, write_filter_report
-    from vtp_kedro.vtp.data.filters import FilterReport
+    from vtp_kedro.vtp.curation.filter_report import read_filter_report, write_filter_report
+    from vtp_kedro.vtp.curation.filters import FilterReport
     from vtp_kedro.vtp.data.shards import ShardInfo
 
     report = FilterReport(

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vtp_kedro.vtp.data.executors import restored_environ
-from vtp_kedro.vtp.data.filters import FilterRules, filter_shards
+from vtp_kedro.vtp.curation.executors import restored_environ
+from vtp_kedro.vtp.curation.filters import FilterRules, filter_shards
 from vtp_kedro.vtp.data.shards import write_shard
 
 pytestmark = pytest.mark.slow

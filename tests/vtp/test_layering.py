@@ -1,4 +1,4 @@
-"""The library's floors run one way: data below models, models and losses below training; no Kedro."""
+"""The library's floors run one way: data below curation and models, models and losses below training; no Kedro."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import pytest
 LIBRARY = Path(__file__).resolve().parents[2] / "src" / "vtp_kedro" / "vtp"
 # A package may not import the packages listed for it (data must not reach up into models or train).
 FORBIDDEN = {
-    "data": ("vtp_kedro.vtp.models", "vtp_kedro.vtp.losses", "vtp_kedro.vtp.train"),
+    "data": ("vtp_kedro.vtp.models", "vtp_kedro.vtp.losses", "vtp_kedro.vtp.train", "vtp_kedro.vtp.curation"),
+    # curation reads shards through data; it never trains or loads a model
+    "curation": ("vtp_kedro.vtp.models", "vtp_kedro.vtp.losses", "vtp_kedro.vtp.train", "vtp_kedro.vtp.metrics"),
     "models": ("vtp_kedro.vtp.train",),
     "losses": ("vtp_kedro.vtp.train",),
 }

@@ -1,4 +1,4 @@
-"""The labelled near-duplicate set and its precision and recall (vtp.data.near_duplicates)."""
+"""The labelled near-duplicate set and its precision and recall (vtp.curation.near_duplicates)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vtp_kedro.vtp.data.copy_detection import is_copy
-from vtp_kedro.vtp.data.filters import CopyCheck, _phash, _phashes
-from vtp_kedro.vtp.data.near_duplicates import TRANSFORMS, closest_distinct_pairs, evaluate, real_photographs
+from vtp_kedro.vtp.curation.copy_detection import is_copy
+from vtp_kedro.vtp.curation.filters import CopyCheck, _phash, _phashes
+from vtp_kedro.vtp.curation.near_duplicates import TRANSFORMS, closest_distinct_pairs, evaluate, real_photographs
 from vtp_kedro.vtp.data.synthetic import SyntheticConfig, render_sample
 
 

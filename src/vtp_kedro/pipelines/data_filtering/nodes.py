@@ -1,4 +1,4 @@
-"""Nodes of the data_filtering pipeline: thin calls into ``vtp.data.filters``."""
+"""Nodes of the data_filtering pipeline: thin calls into ``vtp.curation.filters``."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ from pydantic import Field, model_validator
 
 from vtp_kedro.datasets.folder import StagedFolder, write_now
 from vtp_kedro.vtp.config import Config
-from vtp_kedro.vtp.data.filter_report import (
+from vtp_kedro.vtp.curation.filter_report import (
     plot_caption_length_histogram,
     planted_defect_outcome,
     plot_resolution_histogram,
     read_filter_report,
     write_filter_report,
 )
-from vtp_kedro.vtp.data.executors import ExecutorKind
-from vtp_kedro.vtp.data.filters import FilterRules, filter_shards
+from vtp_kedro.vtp.curation.executors import ExecutorKind
+from vtp_kedro.vtp.curation.filters import FilterRules, filter_shards
 from vtp_kedro.vtp.data.shards import expand_urls
 from vtp_kedro.vtp.metrics.report import flat_metrics
 

@@ -1,13 +1,13 @@
 """Filter raw image-caption shards into clean, deduplicated, re-sharded WebDataset shards.
 
 Each sample is checked against the rules in :data:`REASONS` order and counted under the
-first one it fails. Every step is a set of tasks on an executor (``vtp.data.executors``: a
+first one it fails. Every step is a set of tasks on an executor (``vtp.curation.executors``: a
 process pool or a Dask cluster), and memory stays bounded on any dataset size:
 
 1. One task per input shard writes the shard's compact per-sample records (the failed
    per-sample rule, size, caption length and, when enabled, the CLIP score) and spreads its
    sha256 and pHash over the dedup partitions, on disk. No image bytes leave a task.
-2. The dedup (``vtp.data.dedup``) runs one task per partition and joins their verdicts into
+2. The dedup (``vtp.curation.dedup``) runs one task per partition and joins their verdicts into
    one byte per sample, the sequential rule in input order exactly, so the result depends on
    neither the number of workers nor the number of partitions.
 3. One task per output shard re-reads the input shards it draws from and copies its kept
@@ -40,9 +40,9 @@ from PIL import Image
 from pydantic import Field, model_validator
 
 from vtp_kedro.vtp.config import Config
-from vtp_kedro.vtp.data.copy_detection import SIDE, thumbnail
-from vtp_kedro.vtp.data.dedup import DedupLayout, byte_map, deduplicate, write_partitions, write_thumbnails
-from vtp_kedro.vtp.data.executors import ExecutorKind, make_executor
+from vtp_kedro.vtp.curation.copy_detection import SIDE, thumbnail
+from vtp_kedro.vtp.curation.dedup import DedupLayout, byte_map, deduplicate, write_partitions, write_thumbnails
+from vtp_kedro.vtp.curation.executors import ExecutorKind, make_executor
 from vtp_kedro.vtp.data.shards import (
     SHARD_ERROR_REASONS,
     SHARD_MANIFEST,
@@ -99,7 +99,7 @@ class ClipScoreRule(Config):
 
 
 class CopyCheck(Config):
-    """Bounds of the aligned copy check (``vtp.data.copy_detection``) that verifies each pair the
+    """Bounds of the aligned copy check (``vtp.curation.copy_detection``) that verifies each pair the
     perceptual hash proposes as near duplicates.
 
     Measured on the labelled set (docs/near-duplicates.md): a copy of a photograph lies at
@@ -500,7 +500,7 @@ def filter_shards(
     ``urls`` is anything :func:`expand_urls` takes. Pass 1 (one task per input shard) writes
     each shard's records and dedup partitions to a scratch folder in ``work_dir`` (a shared
     filesystem for a multi-machine Dask cluster; default: the system's temporary folder); the
-    dedup runs one task per partition (``vtp.data.dedup``); pass 2 runs a few tasks per worker,
+    dedup runs one task per partition (``vtp.curation.dedup``); pass 2 runs a few tasks per worker,
     each writing a run of consecutive output shards. ``output_dir`` is a local folder, replaced atomically, or any fsspec URL (``s3://``,
     ``gs://``, ``file://``), replaced shard by shard (see ``_output_folder``). Its bytes depend
     neither on the executor nor on ``num_workers`` or ``dedup_partitions``.

@@ -16,7 +16,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from vtp_kedro.vtp.data.filters import FilterReport
+from vtp_kedro.vtp.curation.filters import FilterReport
 from vtp_kedro.vtp.data.shards import SHARD_MANIFEST, ShardInfo, expand_urls, iter_shard_samples
 from vtp_kedro.vtp.io import join, write_bytes
 

@@ -5,7 +5,7 @@ The rule is the sequential one, sample by sample in input order (global index ``
 - *exact duplicate*: an earlier sample that passed the per-sample rules has the same sha256;
 - *near duplicate*: among the samples left, an earlier *near-admitted* one (not an exact or
   near duplicate itself) lies within ``threshold`` bits of its 64-bit perceptual hash and, when
-  the layout has a ``check``, passes the aligned copy check of ``vtp.data.copy_detection`` on
+  the layout has a ``check``, passes the aligned copy check of ``vtp.curation.copy_detection`` on
   the two samples' thumbnails (the hash proposes, the check decides).
 
 A sequential pass needs every hash in memory. Here each record is written to disk once per
@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vtp_kedro.vtp.data.copy_detection import SIDE, is_copy
+from vtp_kedro.vtp.curation.copy_detection import SIDE, is_copy
 from vtp_kedro.vtp.io import atomic_path
 
 EXACT_DIR, BAND_DIR, EDGE_DIR, THUMBNAIL_DIR = "exact", "bands", "edges", "thumbnails"

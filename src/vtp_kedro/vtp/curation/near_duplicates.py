@@ -19,7 +19,7 @@ The rule under judgement is one or more hashes per image (each an integer of at 
 ``hasher`` returns a tuple) and a Hamming threshold for each; a pair is flagged when every hash
 lies within its threshold, so hash kinds combine (structure and colour, say), and, given a
 ``check``, when the check passes the two images' thumbnails too (the filter's rule: pHash bands
-propose, ``vtp.data.copy_detection`` decides; ``vtp.data.dedup``).
+propose, ``vtp.curation.copy_detection`` decides; ``vtp.curation.dedup``).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance
 
-from vtp_kedro.vtp.data.copy_detection import thumbnail
+from vtp_kedro.vtp.curation.copy_detection import thumbnail
 
 
 def _jpeg(image: Image.Image, quality: int) -> Image.Image:

@@ -3,7 +3,7 @@
 A perceptual hash compares two images without aligning them, in grey: a crop of a few percent
 moves every pixel (at 32 px, a stripe texture's phase by a quarter period) and flips many hash
 bits, while two distinct scenes that differ by one small coloured object hash alike. So the
-near-duplicate rule verifies each candidate pair that the hash bands propose (``vtp.data.dedup``)
+near-duplicate rule verifies each candidate pair that the hash bands propose (``vtp.curation.dedup``)
 with the comparison below. ImageHash has no such comparison; it is written here.
 
 Each image is kept as a ``SIDE`` x ``SIDE`` RGB thumbnail (``thumbnail``). For the direction
@@ -31,7 +31,7 @@ is against the whole image; ``relative`` is large when everything differs a litt
 two unrelated textures that a thumbnail blurs to similar grey. A pair is a copy when
 ``local <= max_local`` and ``relative <= max_relative``, each taken in the direction where it is
 smaller (which image is the crop of the other is not known). The thresholds were measured
-on a labelled set (``vtp.data.near_duplicates``; docs/near-duplicates.md).
+on a labelled set (``vtp.curation.near_duplicates``; docs/near-duplicates.md).
 """
 
 from __future__ import annotations
