@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from vtp_kedro.vtp.data.synthetic import SyntheticConfig, write_captioned_shards
+from vtp_kedro.vtp.synthetic.generator import SyntheticConfig, write_captioned_shards
 from vtp_kedro.vtp.losses.gan import adaptive_weight, generator_adversarial_loss, hinge_d_loss
 from vtp_kedro.vtp.models.decoder_gan import DecoderGANConfig, DecoderGANModel
 from vtp_kedro.vtp.models.tokenizer import TokenizerConfig

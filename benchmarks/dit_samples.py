@@ -4,7 +4,7 @@
                                      [--samples data/07_model_output/dit_samples] [--epochs 12]
 
 A generator can at best produce what its tokenizer decodes, so the judge is ``SmallCNN``
-(``vtp.data.embedded_task``) trained on the tokenizer's reconstructions of the labelled
+(``vtp.metrics.reference``) trained on the tokenizer's reconstructions of the labelled
 training images (``decode(encode(x))``), with the real labels. It prints, beside chance (1/K):
 
 (a) the judge's top-1 on the reconstructions of the val images: the ceiling a perfect
@@ -28,7 +28,8 @@ from pathlib import Path
 
 import torch
 
-from vtp_kedro.vtp.data.embedded_task import LabelledSplit, cnn_accuracy, load_labelled_split, train_cnn
+from vtp_kedro.vtp.data.imagefolder import LabelledSplit, load_labelled_split
+from vtp_kedro.vtp.metrics.reference import cnn_accuracy, train_cnn
 from vtp_kedro.vtp.inference import Tokenizer, load_tokenizer
 from vtp_kedro.vtp.jobs.sample_dit import read_samples
 from summary import record_target  # benchmarks/summary.py: the row run_all.py gathers

@@ -36,15 +36,11 @@ from pathlib import Path
 import torch
 import yaml
 
-from vtp_kedro.vtp.data.embedded_task import (
-    LabelledSplit,
-    cnn_accuracy,
-    coarsened,
-    load_labelled_split,
-    pixel_features,
-    train_cnn,
-)
-from vtp_kedro.vtp.data.synthetic import SyntheticConfig, write_labelled_folder
+from vtp_kedro.vtp.data.imagefolder import LabelledSplit, load_labelled_split
+from vtp_kedro.vtp.metrics.reference import cnn_accuracy, train_cnn
+from vtp_kedro.vtp.metrics.understanding import pixel_features
+from vtp_kedro.vtp.synthetic.calibration import coarsened
+from vtp_kedro.vtp.synthetic.generator import SyntheticConfig, write_labelled_folder
 from vtp_kedro.vtp.data.preprocess import normalize
 from vtp_kedro.vtp.inference import Tokenizer, load_tokenizer
 from vtp_kedro.vtp.metrics.understanding import knn_accuracy, linear_probe

@@ -70,7 +70,7 @@ import torch  # noqa: E402
 
 # Only the model library here: the resume check's training process imports this module for its task
 # factory, and Kedro (imported where the configs are read) would add seconds to its start.
-from vtp_kedro.vtp.data.synthetic import SyntheticConfig, write_captioned_shards  # noqa: E402
+from vtp_kedro.vtp.synthetic.generator import SyntheticConfig, write_captioned_shards  # noqa: E402
 from vtp_kedro.vtp.inference import Tokenizer  # noqa: E402
 from vtp_kedro.vtp.models.dit import dit_forward_flops  # noqa: E402
 from vtp_kedro.vtp.models.vit import VIT_PRESETS  # noqa: E402

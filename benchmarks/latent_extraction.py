@@ -57,7 +57,7 @@ from vtp_kedro.vtp.data.latents import (
     LatentExtractionConfig,
     extract_latents,
 )
-from vtp_kedro.vtp.data.synthetic import SyntheticConfig, write_labelled_folder
+from vtp_kedro.vtp.synthetic.generator import SyntheticConfig, write_labelled_folder
 from vtp_kedro.vtp.inference import Tokenizer, load_tokenizer
 from vtp_kedro.vtp.models.dit import DIT_PRESETS
 from vtp_kedro.vtp.models.tokenizer import TokenizerConfig

@@ -36,7 +36,7 @@ from vtp_kedro.vtp.curation.near_duplicates import (
     flagged_by_hashes,
     real_photographs,
 )
-from vtp_kedro.vtp.data.synthetic import SyntheticConfig, render_sample, sample_scene
+from vtp_kedro.vtp.synthetic.generator import SyntheticConfig, render_sample, sample_scene
 
 BOUNDS = CopyCheck()
 

@@ -24,7 +24,7 @@ import torch
 import yaml
 
 from vtp_kedro.vtp.data.loader import PretrainDataConfig, PretrainDataStream
-from vtp_kedro.vtp.data.synthetic import SyntheticConfig, write_captioned_shards
+from vtp_kedro.vtp.synthetic.generator import SyntheticConfig, write_captioned_shards
 from vtp_kedro.vtp.models.vit import VIT_PRESETS
 from vtp_kedro.vtp.models.vtp import VTPConfig, VTPModel
 from vtp_kedro.vtp.train.flops import training_step_flops

@@ -11,7 +11,7 @@ from PIL import Image
 from vtp_kedro.vtp.curation.copy_detection import SIDE, copy_residuals, is_copy, thumbnail
 from vtp_kedro.vtp.curation.filters import CopyCheck, _phash
 from vtp_kedro.vtp.curation.near_duplicates import TRANSFORMS, real_photographs
-from vtp_kedro.vtp.data.synthetic import SyntheticConfig, draw_scene, render_sample, sample_scene
+from vtp_kedro.vtp.synthetic.generator import SyntheticConfig, draw_scene, render_sample, sample_scene
 
 BOUNDS = CopyCheck()
 # Transformations whose every copy of the embedded 32-px scenes the check passes; a JPEG at

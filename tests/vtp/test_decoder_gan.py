@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from vtp_kedro.vtp import load_tokenizer
-from vtp_kedro.vtp.data.synthetic import SyntheticConfig, write_captioned_shards
+from vtp_kedro.vtp.synthetic.generator import SyntheticConfig, write_captioned_shards
 from vtp_kedro.vtp.inference import save_tokenizer
 from vtp_kedro.vtp.models.tokenizer import TokenizerConfig, VisualTokenizer
 from vtp_kedro.vtp.models.vit import vit_config

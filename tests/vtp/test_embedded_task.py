@@ -1,16 +1,11 @@
 import pytest
 import torch
 
-from vtp_kedro.vtp.data.embedded_task import (
-    SmallCNN,
-    cnn_accuracy,
-    coarsened,
-    load_labelled_split,
-    pixel_features,
-    render_labelled_split,
-    train_cnn,
-)
-from vtp_kedro.vtp.data.synthetic import SHAPES, SyntheticConfig, write_labelled_folder
+from vtp_kedro.vtp.data.imagefolder import load_labelled_split
+from vtp_kedro.vtp.metrics.reference import SmallCNN, cnn_accuracy, train_cnn
+from vtp_kedro.vtp.metrics.understanding import pixel_features
+from vtp_kedro.vtp.synthetic.calibration import coarsened, render_labelled_split
+from vtp_kedro.vtp.synthetic.generator import SHAPES, SyntheticConfig, write_labelled_folder
 from vtp_kedro.vtp.metrics.understanding import linear_probe
 
 

@@ -15,7 +15,7 @@ from vtp_kedro.vtp.data.imagefolder import (
     decode_image_file,
     iter_labelled_images,
 )
-from vtp_kedro.vtp.data.synthetic import SHAPES, SyntheticConfig, write_labelled_folder
+from vtp_kedro.vtp.synthetic.generator import SHAPES, SyntheticConfig, write_labelled_folder
 
 
 def _image_bytes(fmt: str, colour=(200, 30, 30), mode="RGB", size=(12, 10)) -> bytes:

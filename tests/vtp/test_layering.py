@@ -10,7 +10,11 @@ import pytest
 LIBRARY = Path(__file__).resolve().parents[2] / "src" / "vtp_kedro" / "vtp"
 # A package may not import the packages listed for it (data must not reach up into models or train).
 FORBIDDEN = {
-    "data": ("vtp_kedro.vtp.models", "vtp_kedro.vtp.losses", "vtp_kedro.vtp.train", "vtp_kedro.vtp.curation"),
+    "data": ("vtp_kedro.vtp.models", "vtp_kedro.vtp.losses", "vtp_kedro.vtp.train", "vtp_kedro.vtp.curation",
+             "vtp_kedro.vtp.synthetic"),
+    # the embedded generator and its calibration: pixels and captions, no model, no metric
+    "synthetic": ("vtp_kedro.vtp.models", "vtp_kedro.vtp.losses", "vtp_kedro.vtp.train", "vtp_kedro.vtp.metrics",
+                  "vtp_kedro.vtp.curation"),
     # curation reads shards through data; it never trains or loads a model
     "curation": ("vtp_kedro.vtp.models", "vtp_kedro.vtp.losses", "vtp_kedro.vtp.train", "vtp_kedro.vtp.metrics"),
     "models": ("vtp_kedro.vtp.train",),

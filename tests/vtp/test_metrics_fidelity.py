@@ -13,7 +13,7 @@ from scipy import linalg
 from torch.utils.data import Dataset
 from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-from vtp_kedro.vtp.data.embedded_task import LabelledSplit
+from vtp_kedro.vtp.data.imagefolder import LabelledSplit
 from vtp_kedro.vtp.metrics import fidelity
 from vtp_kedro.vtp.metrics.fidelity import (
     INCEPTION_WEIGHTS,

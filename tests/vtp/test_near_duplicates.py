@@ -11,7 +11,7 @@ from PIL import Image
 from vtp_kedro.vtp.curation.copy_detection import is_copy
 from vtp_kedro.vtp.curation.filters import CopyCheck, _phash, _phashes
 from vtp_kedro.vtp.curation.near_duplicates import TRANSFORMS, closest_distinct_pairs, evaluate, real_photographs
-from vtp_kedro.vtp.data.synthetic import SyntheticConfig, render_sample
+from vtp_kedro.vtp.synthetic.generator import SyntheticConfig, render_sample
 
 
 def _originals(count: int = 6) -> dict[str, Image.Image]:

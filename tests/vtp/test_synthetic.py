@@ -9,7 +9,7 @@ import pydantic
 import pytest
 from PIL import Image
 
-from vtp_kedro.vtp.data.synthetic import (
+from vtp_kedro.vtp.synthetic.generator import (
     BACKGROUNDS,
     COLOURS,
     CORNERS,

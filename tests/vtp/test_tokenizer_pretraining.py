@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from vtp_kedro.vtp.data.synthetic import SyntheticConfig, write_captioned_shards
+from vtp_kedro.vtp.synthetic.generator import SyntheticConfig, write_captioned_shards
 from vtp_kedro.vtp.train import checkpoint as ckpt
 from vtp_kedro.vtp.train.distributed import rank, world_size
 from vtp_kedro.vtp.train.launcher import LauncherConfig, launch

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from vtp_kedro.vtp.data.synthetic import SyntheticConfig, render_sample
+from vtp_kedro.vtp.synthetic.generator import SyntheticConfig, render_sample
 from vtp_kedro.vtp.data.transforms import MultiCropConfig
 from vtp_kedro.vtp.data.preprocess import normalize, tokenize
 from vtp_kedro.vtp.models.text import TextConfig

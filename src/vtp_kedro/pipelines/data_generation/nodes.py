@@ -8,7 +8,7 @@ from pydantic import Field
 
 from vtp_kedro.datasets.folder import StagedFolder, write_now
 from vtp_kedro.vtp.config import Config
-from vtp_kedro.vtp.data.synthetic import (
+from vtp_kedro.vtp.synthetic.generator import (
     SyntheticConfig,
     write_captioned_shards,
     write_labelled_folder,

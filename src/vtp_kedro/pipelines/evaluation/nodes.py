@@ -21,8 +21,7 @@ from pydantic import Field
 
 from vtp_kedro.datasets.folder import FolderWriter, StagedFolder, write_now
 from vtp_kedro.vtp.config import Config
-from vtp_kedro.vtp.data.embedded_task import LabelledSplit, pixel_features
-from vtp_kedro.vtp.data.imagefolder import LabelledImageFolder, cropped_batches
+from vtp_kedro.vtp.data.imagefolder import LabelledImageFolder, LabelledSplit, cropped_batches
 from vtp_kedro.vtp.inference import NoTextTowerError, load_clip_towers, load_tokenizer, tokenizer_source
 from vtp_kedro.vtp.io import project_relative
 from vtp_kedro.vtp.jobs.sample_dit import SAME_AS_KEY, SETTINGS_FILE, read_samples, samples_per_class
@@ -48,6 +47,7 @@ from vtp_kedro.vtp.metrics.understanding import (
     confusion_matrix,
     linear_probe,
     plot_confusion_matrix,
+    pixel_features,
     probe_features,
     top_k_accuracy,
     zero_shot_classifier,

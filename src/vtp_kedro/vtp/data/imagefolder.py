@@ -14,12 +14,14 @@ from __future__ import annotations
 import collections
 import io
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import DatasetFolder
 
@@ -142,3 +144,33 @@ def cropped_batches(root: str | Path, split: str, image_size: int, batch_size: i
         samples = kept
     yield from DataLoader(CroppedImages(samples[:max_images], image_size), batch_size=batch_size,
                           num_workers=num_workers)
+
+
+@dataclass(frozen=True)
+class LabelledSplit:
+    """A split as tensors: ``images`` uint8 ``(N, 3, H, W)``, ``labels`` int64 ``(N,)``, class names."""
+
+    images: Tensor
+    labels: Tensor
+    classes: tuple[str, ...]
+
+    @property
+    def chance(self) -> float:
+        """Top-1 of always answering the most frequent class: ``max_c n_c / N``."""
+        return float(torch.bincount(self.labels, minlength=len(self.classes)).max()) / len(self.labels)
+
+
+def image_tensor(image: Image.Image) -> Tensor:
+    """An image as uint8 ``(3, H, W)``."""
+    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+def load_labelled_split(root: str | Path, split: str) -> LabelledSplit:
+    """Read ``root/<split>/<class>/*`` (an ImageNet-style folder) into memory."""
+    folder = LabelledImageFolder(root, split)
+    images, labels = [], []
+    for index in range(len(folder)):
+        image, label = folder[index]
+        images.append(image_tensor(image))
+        labels.append(label)
+    return LabelledSplit(torch.stack(images), torch.tensor(labels, dtype=torch.int64), tuple(folder.classes))

@@ -1,7 +1,7 @@
 """The reference classifier: a feature space for FID-type metrics where no Inception weights exist.
 
 Without ImageNet Inception weights (offline machines, or labelled data far from ImageNet) the
-evaluation trains ``SmallCNN`` (``data.embedded_task``) on the labelled train split and measures
+evaluation trains ``SmallCNN`` (below) on the labelled train split and measures
 FID, IS and precision/recall in its feature space instead; those numbers carry the ``_ref``
 suffix (``rfid_ref``, ``gfid_ref``, ...) and are never reported as ``rfid``/``gfid``. The
 classifier also says how often a generated sample shows the class it was asked for
@@ -19,19 +19,25 @@ extractor ``vtp-reference-classifier``, with the folder passed as
 from __future__ import annotations
 
 import json
+import logging
+import math
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from pydantic import Field
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn import functional as F
 from torch_fidelity import FeatureExtractorBase, register_feature_extractor
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from vtp_kedro.vtp.config import Config
-from vtp_kedro.vtp.data.embedded_task import LabelledSplit, SmallCNN, standardize_pixels, train_cnn
+from vtp_kedro.vtp.data.imagefolder import LabelledSplit
 from vtp_kedro.vtp.tensors import load_tensors, save_tensors
+
+log = logging.getLogger(__name__)
 
 REFERENCE_EXTRACTOR = "vtp-reference-classifier"
 WEIGHTS_FILE = "classifier.safetensors"
@@ -137,3 +143,105 @@ class ReferenceFeatureExtractor(FeatureExtractorBase):
 
 if REFERENCE_EXTRACTOR not in FEATURE_EXTRACTORS_REGISTRY:  # a module reload must not register twice
     register_feature_extractor(REFERENCE_EXTRACTOR, ReferenceFeatureExtractor)
+
+
+# ---- the supervised CNN ----------------------------------------------------------------------
+
+
+class SmallCNN(nn.Module):
+    """Three conv blocks (3x3 conv, BatchNorm, ReLU, 2x2 max-pool), global average pool, linear head.
+
+    Channel widths ``width * (1, 2, 4)``. Global average pooling makes it blind to where the
+    object sits, which the embedded task needs (objects roam a 3x3 grid).
+    """
+
+    def __init__(self, classes: int, width: int = 32) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = 3
+        for multiple in (1, 2, 4):
+            out = width * multiple
+            layers += [nn.Conv2d(channels, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True),
+                       nn.MaxPool2d(2)]
+            channels = out
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(channels, classes)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.head(self.features(images).mean(dim=(2, 3)))
+
+
+@dataclass(frozen=True)
+class CNNResult:
+    model: SmallCNN
+    val_top1: float
+    train_top1: float
+    seconds: float
+    epochs: int
+
+
+def standardize_pixels(images: Tensor) -> Tensor:
+    """uint8 pixels -> roughly zero-mean, unit-variance floats: (x / 255 - 0.5) / 0.25, what SmallCNN reads."""
+    x = images.float() / 255.0
+    return (x - 0.5) / 0.25
+
+
+def train_cnn(train: LabelledSplit, val: LabelledSplit, *, epochs: int = 20, batch_size: int = 64, lr: float = 3e-3,
+              weight_decay: float = 0.05, width: int = 32, seed: int = 0,
+              device: str | torch.device = "cpu", log_every_s: float | None = 20.0) -> CNNResult:
+    """Train ``SmallCNN`` from scratch with AdamW, a one-cycle cosine schedule and random horizontal flips.
+
+    The learning rate warms up linearly over the first 10% of steps, then follows
+    ``lr_t = lr * (1 + cos(pi * progress)) / 2``. Returns the final epoch's val top-1 (no early stopping)
+    and the model on the CPU; the split stays in memory as uint8 and each batch moves to ``device``.
+    Progress (epoch, mean loss, elapsed, ETA) is logged at the end of an epoch when ``log_every_s``
+    seconds have passed since the last line, and after the last epoch; None: silent.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = SmallCNN(len(train.classes), width=width).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    steps_per_epoch = math.ceil(len(train.labels) / batch_size)
+    total = epochs * steps_per_epoch
+    warmup = max(1, total // 10)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: (step + 1) / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup))),
+    )
+    start = last_log = time.perf_counter()
+    for epoch in range(epochs):
+        model.train()
+        losses = []
+        order = torch.randperm(len(train.labels), generator=generator)
+        for first in range(0, len(order), batch_size):
+            index = order[first:first + batch_size]
+            x, y = standardize_pixels(train.images[index]).to(device), train.labels[index].to(device)
+            flip = (torch.rand(len(index), generator=generator) < 0.5).to(device)
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            losses.append(loss.detach())
+        now = time.perf_counter()
+        if log_every_s is not None and (now - last_log >= log_every_s or epoch == epochs - 1):
+            last_log, elapsed = now, now - start
+            log.info("SmallCNN epoch %d/%d: loss %.4g, %.0f s elapsed, about %.0f s to go", epoch + 1, epochs,
+                     torch.stack(losses).mean().item(), elapsed, elapsed / (epoch + 1) * (epochs - epoch - 1))
+    seconds = time.perf_counter() - start
+    return CNNResult(
+        model=model.eval().cpu(), val_top1=cnn_accuracy(model, val), train_top1=cnn_accuracy(model, train),
+        seconds=seconds, epochs=epochs,
+    )
+
+
+@torch.no_grad()
+def cnn_accuracy(model: nn.Module, split: LabelledSplit, batch_size: int = 256) -> float:
+    model.eval()
+    device = next(model.parameters()).device
+    correct = 0
+    for first in range(0, len(split.labels), batch_size):
+        logits = model(standardize_pixels(split.images[first:first + batch_size]).to(device)).cpu()
+        correct += int((logits.argmax(1) == split.labels[first:first + batch_size]).sum())
+    return correct / len(split.labels)

@@ -184,3 +184,8 @@ def plot_confusion_matrix(matrix: Tensor, classes: Sequence[str], title: str) ->
     ax.set_title(title)
     figure.tight_layout()
     return figure
+
+
+def pixel_features(images: Tensor) -> Tensor:
+    """Raw pixels as vectors in [0, 1]: ``(N, 3 * H * W)``."""
+    return images.reshape(images.shape[0], -1).float() / 255.0
