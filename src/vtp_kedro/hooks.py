@@ -26,7 +26,7 @@ from kedro.pipeline import Pipeline
 from kedro.pipeline.node import Node
 from pydantic import BaseModel
 
-from vtp_kedro.vtp.io import is_url
+from vtp_kedro.vtp.core.io import is_url
 
 
 @contextlib.contextmanager
@@ -333,7 +333,7 @@ def dataset_path(catalog: CatalogProtocol, name: str) -> Path | None:
 def data_digests(pipeline: Pipeline, catalog: CatalogProtocol, project: Path) -> dict[str, dict[str, Any]]:
     """``{"inputs"|"outputs": {dataset: {"path", "sha256"}}}`` for the datasets kept on disk as files
     or folders (parameters, memory and MLflow metric datasets have no path and are skipped)."""
-    from vtp_kedro.vtp.io import DigestCache, folder_digest
+    from vtp_kedro.vtp.core.io import DigestCache, folder_digest
 
     cache = DigestCache(project / "data" / ".digest_cache.json")
     sides = {"inputs": sorted(pipeline.inputs()), "outputs": sorted(pipeline.all_outputs())}

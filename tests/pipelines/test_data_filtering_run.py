@@ -12,7 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.pipelines.conftest import kedro
-from vtp_kedro.vtp.io import folder_digest
+from vtp_kedro.vtp.core.io import folder_digest
 
 pytestmark = pytest.mark.slow
 

@@ -22,9 +22,9 @@ from vtp_kedro.vtp.inference import Tokenizer, save_tokenizer
 from vtp_kedro.vtp.jobs import extract_latents as extraction
 from vtp_kedro.vtp.jobs import sample_dit as sampling
 from vtp_kedro.vtp.models.dit import DiTConfig
-from vtp_kedro.vtp.progress import Progress
+from vtp_kedro.vtp.core.progress import Progress
 from vtp_kedro.vtp.sampling import SampleSetConfig, initial_noise
-from vtp_kedro.vtp.tensors import save_tensors
+from vtp_kedro.vtp.core.tensors import save_tensors
 from vtp_kedro.vtp.train.dit_training import DiTTrainingConfig, FlowDiT
 from vtp_kedro.vtp.train.launcher import LauncherConfig, launch_job
 
@@ -137,7 +137,7 @@ def test_a_training_command_template_cannot_start_another_job(tokenizer_folder, 
 
 
 def test_progress_logs_plain_lines_off_a_terminal(caplog) -> None:
-    with caplog.at_level(logging.INFO, logger="vtp_kedro.vtp.progress"):
+    with caplog.at_level(logging.INFO, logger="vtp_kedro.vtp.core.progress"):
         with Progress(10, "encoding train", log_every_s=0.0) as progress:
             progress.update(5)
             progress.update(5)

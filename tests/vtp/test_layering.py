@@ -47,3 +47,10 @@ def test_library_never_imports_kedro():
     offenders = [f"{path.relative_to(LIBRARY)}: {name}" for path in sorted(LIBRARY.rglob("*.py"))
                  for name in imported_modules(path) if name == "kedro" or name.startswith("kedro.")]
     assert not offenders, offenders
+
+
+def test_core_imports_nothing_else_of_the_project():
+    offenders = [f"{path.relative_to(LIBRARY)} imports {name}" for path in sorted((LIBRARY / "core").rglob("*.py"))
+                 for name in sorted(imported_modules(path))
+                 if name.startswith("vtp_kedro") and not name.startswith("vtp_kedro.vtp.core")]
+    assert not offenders, offenders

@@ -33,7 +33,7 @@ from vtp_kedro.vtp.metrics.reference import (
     train_reference_classifier,
     write_reference_classifier,
 )
-from vtp_kedro.vtp.weights import WeightsNotFoundError
+from vtp_kedro.vtp.core.weights import WeightsNotFoundError
 
 
 def _scipy_fid(first: dict, second: dict) -> float:

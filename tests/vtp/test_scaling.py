@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from vtp_kedro.vtp import scaling
-from vtp_kedro.vtp.config import Config, merge_mappings, with_overrides
+from vtp_kedro.vtp.core.config import Config, merge_mappings, with_overrides
 
 
 def test_the_grid_runs_every_combination_cheapest_budgets_first():

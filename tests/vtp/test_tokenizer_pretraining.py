@@ -12,7 +12,7 @@ import torch
 
 from vtp_kedro.vtp.synthetic.generator import SyntheticConfig, write_captioned_shards
 from vtp_kedro.vtp.train import checkpoint as ckpt
-from vtp_kedro.vtp.train.distributed import rank, world_size
+from vtp_kedro.vtp.core.distributed import rank, world_size
 from vtp_kedro.vtp.train.launcher import LauncherConfig, launch
 from vtp_kedro.vtp.train.tokenizer_pretraining import TASK_FACTORY, VTPTask
 from vtp_kedro.vtp.models.vtp import VTPConfig, VTPModel

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.vtp.test_train_trainer import trainer_config
-from vtp_kedro.vtp.config import Config
-from vtp_kedro.vtp.io import DigestCache, folder_digest
+from vtp_kedro.vtp.core.config import Config
+from vtp_kedro.vtp.core.io import DigestCache, folder_digest
 from vtp_kedro.vtp.train.runs import (
     resolved_run_config,
     run_fingerprint,

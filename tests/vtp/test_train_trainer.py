@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vtp_kedro.vtp.train import checkpoint as ckpt
-from vtp_kedro.vtp.train.distributed import rank, world_size
+from vtp_kedro.vtp.core.distributed import rank, world_size
 from vtp_kedro.vtp.train.trainer import (
     BudgetConfig,
     MlflowMetricLogger,

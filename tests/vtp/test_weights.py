@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vtp_kedro.vtp.weights import KNOWN_WEIGHTS, WeightsNotFoundError, hub_checkpoint_dir, resolve_weights
+from vtp_kedro.vtp.core.weights import KNOWN_WEIGHTS, WeightsNotFoundError, hub_checkpoint_dir, resolve_weights
 
 VGG = "vgg16-397923af.pth"
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 
-from vtp_kedro.vtp.io import atomic_path, project_relative
+from vtp_kedro.vtp.core.io import atomic_path, project_relative
 from vtp_kedro.vtp.train.checkpoint import load_checkpoint, write_checkpoint_files
 from vtp_kedro.vtp.train.trainer import METRICS_LOG
 

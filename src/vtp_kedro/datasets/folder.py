@@ -14,7 +14,7 @@ from typing import Any
 import fsspec
 from kedro.io import AbstractDataset, DatasetError
 
-from vtp_kedro.vtp.io import atomic_path, is_url, project_relative
+from vtp_kedro.vtp.core.io import atomic_path, is_url, project_relative
 
 FolderWriter = Callable[[Path | str], Any]
 STAGING_DIR = Path("data") / ".staging"  # under the project root, where Kedro runs: the data's own disk

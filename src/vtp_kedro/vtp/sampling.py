@@ -40,7 +40,7 @@ from pydantic import Field
 from torch import Tensor
 from torchdiffeq import odeint
 
-from vtp_kedro.vtp.config import Config
+from vtp_kedro.vtp.core.config import Config
 
 ConditionalVelocityModel = Callable[[Tensor, Tensor, Tensor], Tensor]
 """``model_fn(x, t, y) -> v``: x (N, C, ...), t (N,) float, y (N,) long labels -> a velocity shaped like x."""

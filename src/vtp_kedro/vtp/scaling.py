@@ -24,7 +24,7 @@ from typing import Any, Literal
 from matplotlib.figure import Figure
 from pydantic import Field, field_validator
 
-from vtp_kedro.vtp.config import Config
+from vtp_kedro.vtp.core.config import Config
 from vtp_kedro.vtp.models.vtp import Objective
 
 SemanticFeatures = Literal["bottleneck", "trunk"]

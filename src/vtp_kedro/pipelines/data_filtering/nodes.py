@@ -9,7 +9,7 @@ from matplotlib.figure import Figure
 from pydantic import Field, model_validator
 
 from vtp_kedro.datasets.folder import StagedFolder, write_now
-from vtp_kedro.vtp.config import Config
+from vtp_kedro.vtp.core.config import Config
 from vtp_kedro.vtp.curation.filter_report import (
     plot_caption_length_histogram,
     planted_defect_outcome,

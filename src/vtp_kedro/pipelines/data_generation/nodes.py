@@ -7,7 +7,7 @@ from functools import partial
 from pydantic import Field
 
 from vtp_kedro.datasets.folder import StagedFolder, write_now
-from vtp_kedro.vtp.config import Config
+from vtp_kedro.vtp.core.config import Config
 from vtp_kedro.vtp.synthetic.generator import (
     SyntheticConfig,
     write_captioned_shards,

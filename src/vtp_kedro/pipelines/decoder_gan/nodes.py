@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from pydantic import Field
 
 from vtp_kedro.datasets.folder import StagedFolder, write_now
-from vtp_kedro.vtp.config import Config
+from vtp_kedro.vtp.core.config import Config
 from vtp_kedro.vtp.data.imagefolder import cropped_batches
 from vtp_kedro.vtp.data.loader import PretrainDataConfig
 from vtp_kedro.vtp.data.shards import expand_urls

@@ -10,19 +10,19 @@ from matplotlib.figure import Figure
 from pydantic import Field, model_validator
 
 from vtp_kedro.datasets.folder import StagedFolder, write_now
-from vtp_kedro.vtp.config import Config
+from vtp_kedro.vtp.core.config import Config
 from vtp_kedro.vtp.data.latents import CLASSES_FILE, LatentDataConfig
 from vtp_kedro.vtp.inference import load_tokenizer
 from vtp_kedro.vtp.losses.flow import FlowConfig
 from vtp_kedro.vtp.metrics.reconstruction import plot_image_grid
 from vtp_kedro.vtp.models.dit import DIT_PRESETS, DiTConfig
-from vtp_kedro.vtp.io import atomic_path
+from vtp_kedro.vtp.core.io import atomic_path
 from vtp_kedro.vtp.jobs.sample_dit import JOB as SAMPLING
 from vtp_kedro.vtp.jobs.sample_dit import SAME_AS_KEY, SETTINGS_FILE, SamplingJobConfig, samples_per_class
 from vtp_kedro.vtp.sampling import SampleSetConfig
 from vtp_kedro.vtp.train.curves import plot_curves
 from vtp_kedro.vtp.train.dit_training import TASK_FACTORY, DiTTrainingConfig
-from vtp_kedro.vtp.train.distributed import DeviceKind
+from vtp_kedro.vtp.core.distributed import DeviceKind
 from vtp_kedro.vtp.train.launcher import LauncherConfig, job_folder, launch_job
 from vtp_kedro.vtp.train.runs import train_stage
 from vtp_kedro.vtp.train.trainer import TrainerConfig

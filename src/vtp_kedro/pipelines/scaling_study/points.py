@@ -29,8 +29,8 @@ from vtp_kedro.pipelines.dit_training.pipeline import create_pipeline as dit_tra
 from vtp_kedro.pipelines.evaluation.pipeline import create_pipeline as evaluation
 from vtp_kedro.pipelines.latent_extraction.pipeline import create_pipeline as latent_extraction
 from vtp_kedro.pipelines.tokenizer_pretraining.pipeline import create_pipeline as tokenizer_pretraining
-from vtp_kedro.vtp.config import Config
-from vtp_kedro.vtp.io import atomic_path, fingerprint
+from vtp_kedro.vtp.core.config import Config
+from vtp_kedro.vtp.core.io import atomic_path, fingerprint
 from vtp_kedro.vtp.metrics.report import merge_report
 from vtp_kedro.vtp.scaling import GridPoint, result_row
 from vtp_kedro.vtp.train.checkpoint import TRAINER_STATE_FILE

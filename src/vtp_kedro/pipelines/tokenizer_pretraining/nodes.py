@@ -15,7 +15,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from vtp_kedro.datasets.folder import StagedFolder, write_now
-from vtp_kedro.vtp.config import Config
+from vtp_kedro.vtp.core.config import Config
 from vtp_kedro.vtp.data.loader import PretrainDataConfig
 from vtp_kedro.vtp.data.shards import expand_urls
 from vtp_kedro.vtp.inference import tokenizer_state, write_tokenizer_files

@@ -26,7 +26,7 @@ from typing import IO
 import braceexpand
 import fsspec
 
-from vtp_kedro.vtp.io import is_url, write_bytes
+from vtp_kedro.vtp.core.io import is_url, write_bytes
 
 # webdataset's key convention (webdataset.tariterators.base_plus_ext): the key is the member
 # path up to the first dot of its base name. Restated here because importing webdataset
@@ -61,7 +61,7 @@ _MEMBER_MODE, _MEMBER_OWNER = 0o444, "bigdata"
 
 def write_shard(path: str | Path, samples: Iterable[Mapping[str, bytes | str]]) -> ShardInfo:
     """Write ``samples`` (dicts with ``__key__`` and extension -> bytes) to one tar, atomically;
-    identical samples give identical bytes. ``path`` may be an fsspec URL (``vtp.io.write_bytes``)."""
+    identical samples give identical bytes. ``path`` may be an fsspec URL (``vtp.core.io.write_bytes``)."""
     buffer = io.BytesIO()
     count = 0
     with tarfile.open(fileobj=buffer, mode="w|") as tar:

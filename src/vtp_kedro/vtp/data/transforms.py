@@ -17,7 +17,7 @@ from pydantic import Field, model_validator
 from torch import Tensor
 from torchvision.ops import roi_align
 
-from vtp_kedro.vtp.config import Config
+from vtp_kedro.vtp.core.config import Config
 from vtp_kedro.vtp.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 

@@ -15,10 +15,10 @@ from typing import Any
 import torch
 from pydantic import Field
 
-from vtp_kedro.vtp.config import Config
+from vtp_kedro.vtp.core.config import Config
 from vtp_kedro.vtp.data.latents import LatentExtractionConfig, extract_latents
 from vtp_kedro.vtp.inference import load_tokenizer
-from vtp_kedro.vtp.train.distributed import DeviceKind, all_gather_objects, barrier, is_main_process, rank, world_size
+from vtp_kedro.vtp.core.distributed import DeviceKind, all_gather_objects, barrier, is_main_process, rank, world_size
 from vtp_kedro.vtp.train.launcher import Job, job_main, job_process, write_job_result
 
 

@@ -22,14 +22,14 @@ import torch
 from PIL import Image
 from pydantic import Field
 
-from vtp_kedro.vtp.config import Config
+from vtp_kedro.vtp.core.config import Config
 from vtp_kedro.vtp.inference import load_tokenizer
-from vtp_kedro.vtp.io import atomic_path
-from vtp_kedro.vtp.progress import Progress
+from vtp_kedro.vtp.core.io import atomic_path
+from vtp_kedro.vtp.core.progress import Progress
 from vtp_kedro.vtp.sampling import SamplerConfig, SampleSetConfig, initial_noise
 from vtp_kedro.vtp.train.checkpoint import load_state_strictly, read_weights
 from vtp_kedro.vtp.train.dit_training import DiTTrainingConfig, FlowDiT
-from vtp_kedro.vtp.train.distributed import DeviceKind, barrier, is_main_process, rank, world_size
+from vtp_kedro.vtp.core.distributed import DeviceKind, barrier, is_main_process, rank, world_size
 from vtp_kedro.vtp.train.launcher import Job, job_main, job_process, write_job_result
 
 SAMPLES_FILE = "samples.npz"

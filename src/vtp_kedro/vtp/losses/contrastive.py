@@ -13,10 +13,11 @@ as DDP averages gradients, is the global loss). With one process nothing is gath
 
 from __future__ import annotations
 
-import torch.distributed as dist
 import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 from torch import Tensor, nn
+
+from vtp_kedro.vtp.core import distributed
 
 
 class ContrastiveLoss(nn.Module):
@@ -31,9 +32,8 @@ class ContrastiveLoss(nn.Module):
     def __init__(self, rank: int | None = None, world_size: int | None = None, *,
                  local_loss: bool = True, max_logit_scale: float = 100.0) -> None:
         super().__init__()
-        distributed = dist.is_available() and dist.is_initialized()
-        rank = (dist.get_rank() if distributed else 0) if rank is None else rank
-        world_size = (dist.get_world_size() if distributed else 1) if world_size is None else world_size
+        rank = distributed.rank() if rank is None else rank
+        world_size = distributed.world_size() if world_size is None else world_size
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"invalid rank {rank} for world_size {world_size}")
         if max_logit_scale <= 0:

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from vtp_kedro.vtp.config import Config
+from vtp_kedro.vtp.core.config import Config
 
 VelocityModel = Callable[[Tensor, Tensor], Tensor]
 """``model_fn(x_t, t) -> v``: x_t (N, C, ...), t (N,) -> a velocity shaped like x_t."""

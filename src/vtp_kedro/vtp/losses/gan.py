@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import Tensor
 
-from vtp_kedro.vtp.config import Config
+from vtp_kedro.vtp.core.config import Config
 from vtp_kedro.vtp.data.diffaugment import parse_policy
 
 GeneratorLoss = Literal["hinge", "non_saturating"]

@@ -20,8 +20,8 @@ from pydantic import Field
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import Tensor, nn
 
-from vtp_kedro.vtp.config import Config
-from vtp_kedro.vtp.weights import WeightsNotFoundError, resolve_weights
+from vtp_kedro.vtp.core.config import Config
+from vtp_kedro.vtp.core.weights import WeightsNotFoundError, resolve_weights
 
 log = logging.getLogger(__name__)
 

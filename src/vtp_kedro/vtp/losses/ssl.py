@@ -29,18 +29,9 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from vtp_kedro.vtp.config import Config
+from vtp_kedro.vtp.core.config import Config
+from vtp_kedro.vtp.core.distributed import all_reduce_in_place
 from vtp_kedro.vtp.data.transforms import mask_weights
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def _all_reduce(tensor: Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM) -> Tensor:
-    if _distributed():
-        dist.all_reduce(tensor, op=op)
-    return tensor
 
 
 def teacher_temperature(step: int, warmup_steps: int, start: float = 0.04, end: float = 0.07) -> float:
@@ -79,7 +70,7 @@ class SoftmaxCentering(nn.Module):
     def update_center(self, teacher_logits: Tensor) -> None:
         # Sum and count reduced separately: ranks may hold different numbers of rows (masked patches).
         stats = torch.cat([teacher_logits.float().sum(0), teacher_logits.new_tensor([len(teacher_logits)]).float()])
-        stats = _all_reduce(stats)
+        stats = all_reduce_in_place(stats)
         count = stats[-1]
         if count > 0:
             batch_center = (stats[:-1] / count).unsqueeze(0)
@@ -95,13 +86,13 @@ def sinkhorn_knopp(teacher_logits: Tensor, temperature: float, n_iterations: int
     """
     logits = teacher_logits.float()
     # Subtracting the global max leaves Q unchanged after normalisation but keeps exp finite.
-    shift = _all_reduce(logits.max() if logits.numel() else logits.new_tensor(float("-inf")), dist.ReduceOp.MAX)
+    shift = all_reduce_in_place(logits.max() if logits.numel() else logits.new_tensor(float("-inf")), dist.ReduceOp.MAX)
     q = torch.exp((logits - shift) / temperature).t()
     prototypes = q.shape[0]
-    samples = _all_reduce(logits.new_tensor(float(q.shape[1])))
-    q /= _all_reduce(q.sum())
+    samples = all_reduce_in_place(logits.new_tensor(float(q.shape[1])))
+    q /= all_reduce_in_place(q.sum())
     for _ in range(n_iterations):
-        q /= _all_reduce(q.sum(dim=1, keepdim=True))
+        q /= all_reduce_in_place(q.sum(dim=1, keepdim=True))
         q /= prototypes
         q /= q.sum(dim=0, keepdim=True)
         q /= samples

@@ -44,7 +44,7 @@ from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, p
 from torch_fidelity.utils import create_feature_extractor
 
 from vtp_kedro.vtp.metrics.reference import REFERENCE_EXTRACTOR, WEIGHTS_FILE, read_reference_record
-from vtp_kedro.vtp.weights import resolve_weights
+from vtp_kedro.vtp.core.weights import resolve_weights
 
 INCEPTION_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
 SpaceName = Literal["inception", "reference"]

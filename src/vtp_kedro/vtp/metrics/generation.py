@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from vtp_kedro.vtp.data.imagefolder import LabelledImageFolder, cropped_batches
-from vtp_kedro.vtp.io import atomic_path, fingerprint
+from vtp_kedro.vtp.core.io import atomic_path, fingerprint
 from vtp_kedro.vtp.metrics.fidelity import (
     FeatureSpace,
     extract_features,

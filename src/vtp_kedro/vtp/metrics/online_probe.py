@@ -20,7 +20,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from vtp_kedro.vtp.config import Config
+from vtp_kedro.vtp.core.config import Config
 from vtp_kedro.vtp.data.imagefolder import LabelledImageFolder, cropped_batches
 from vtp_kedro.vtp.data.preprocess import normalize
 from vtp_kedro.vtp.metrics.understanding import ProbeFeatures, knn_accuracy, linear_probe, pooled_features

@@ -33,9 +33,9 @@ from torch.nn import functional as F
 from torch_fidelity import FeatureExtractorBase, register_feature_extractor
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-from vtp_kedro.vtp.config import Config
+from vtp_kedro.vtp.core.config import Config
 from vtp_kedro.vtp.data.imagefolder import LabelledSplit
-from vtp_kedro.vtp.tensors import load_tensors, save_tensors
+from vtp_kedro.vtp.core.tensors import load_tensors, save_tensors
 
 log = logging.getLogger(__name__)
 

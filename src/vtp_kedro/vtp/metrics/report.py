@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vtp_kedro.vtp.config import merge_mappings
+from vtp_kedro.vtp.core.config import merge_mappings
 
 # VTP-L-d64, the paper's Table 2: ImageNet 256 px, LightningDiT-XL/1 80 epochs, FID-50k without guidance.
 PAPER_REFERENCE: dict[str, Any] = {

@@ -22,7 +22,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from vtp_kedro.vtp.config import Config
+from vtp_kedro.vtp.core.config import Config
 from vtp_kedro.vtp.data.diffaugment import diff_augment
 from vtp_kedro.vtp.losses.gan import (
     GANLossConfig,

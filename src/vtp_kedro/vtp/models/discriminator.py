@@ -37,7 +37,7 @@ from timm.layers import resample_abs_pos_embed
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from vtp_kedro.vtp.config import Config
+from vtp_kedro.vtp.core.config import Config
 from vtp_kedro.vtp.models.vit import VisionTransformer
 
 DEFAULT_HEADS = 4

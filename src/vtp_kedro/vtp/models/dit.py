@@ -35,7 +35,7 @@ from pydantic import Field, model_validator
 from timm.layers import PatchEmbed, RotaryEmbeddingCat, SwiGLU
 from torch import Tensor, nn
 
-from vtp_kedro.vtp.config import Config, from_preset
+from vtp_kedro.vtp.core.config import Config, from_preset
 from vtp_kedro.vtp.models.vit import Attention
 
 # DiT/SiT: the sinusoidal timestep features the MLP reads, and their longest period.

@@ -12,7 +12,7 @@ from open_clip.transformer import TextTransformer
 from pydantic import Field
 from torch import Tensor, nn
 
-from vtp_kedro.vtp.config import Config, from_preset
+from vtp_kedro.vtp.core.config import Config, from_preset
 
 BPE_VOCAB_SIZE = 49408  # open_clip's bundled bpe_simple_vocab_16e6 plus <start_of_text>, <end_of_text>
 

@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from vtp_kedro.vtp.config import Config
+from vtp_kedro.vtp.core.config import Config
 from vtp_kedro.vtp.models.vit import (
     Block,
     FFNKind,

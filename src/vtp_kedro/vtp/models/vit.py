@@ -31,7 +31,7 @@ from timm.layers import (
 )
 from torch import Tensor, nn
 
-from vtp_kedro.vtp.config import Config, from_preset
+from vtp_kedro.vtp.core.config import Config, from_preset
 
 # DINOv3's RoPE period base over coordinates normalised to [-1, 1], as VTP's reference trunk
 # uses: a 96 px local crop and a 224 px global crop then span the same coordinate range.

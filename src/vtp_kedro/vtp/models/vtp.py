@@ -20,7 +20,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from vtp_kedro.vtp.config import Config
+from vtp_kedro.vtp.core.config import Config
 from vtp_kedro.vtp.data.transforms import MultiCrop, MultiCropConfig, block_masks, sample_subsets
 from vtp_kedro.vtp.losses.contrastive import ContrastiveLoss
 from vtp_kedro.vtp.losses.reconstruction import (

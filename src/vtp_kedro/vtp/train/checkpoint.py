@@ -39,8 +39,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from vtp_kedro.vtp.io import atomic_path, file_sha256
-from vtp_kedro.vtp.tensors import load_tensors, save_tensors
+from vtp_kedro.vtp.core.io import atomic_path, file_sha256
+from vtp_kedro.vtp.core.tensors import load_tensors, save_tensors
 
 CHECKPOINT_NAME = re.compile(r"^step_(\d{8})$")
 MODEL_FILE = "model.safetensors"

@@ -15,10 +15,10 @@ import torch
 from pydantic import model_validator
 from torch import Tensor
 
-from vtp_kedro.vtp.config import Config
+from vtp_kedro.vtp.core.config import Config
 from vtp_kedro.vtp.data.loader import PretrainDataConfig, PretrainDataStream
 from vtp_kedro.vtp.models.decoder_gan import DecoderGANConfig, DecoderGANModel
-from vtp_kedro.vtp.train.distributed import rank, world_size
+from vtp_kedro.vtp.core.distributed import rank, world_size
 from vtp_kedro.vtp.train.optim import OptimizerConfig, build_adamw
 from vtp_kedro.vtp.train.trainer import TrainTask
 

@@ -23,13 +23,13 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from vtp_kedro.vtp.config import Config
+from vtp_kedro.vtp.core.config import Config
 from vtp_kedro.vtp.data.latents import LatentDataConfig, LatentDataStream, load_latent_stats
 from vtp_kedro.vtp.losses.flow import FlowConfig, flow_matching_step
 from vtp_kedro.vtp.models.dit import DiTConfig, LightningDiT, dit_forward_flops
 from vtp_kedro.vtp.models.ema import ema_update, make_teacher
 from vtp_kedro.vtp.sampling import SamplerConfig, sample
-from vtp_kedro.vtp.train.distributed import rank, world_size
+from vtp_kedro.vtp.core.distributed import rank, world_size
 from vtp_kedro.vtp.train.trainer import TrainTask
 
 log = logging.getLogger(__name__)

@@ -39,9 +39,9 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, model_validator
 
-from vtp_kedro.vtp.config import Config
-from vtp_kedro.vtp.io import atomic_path
-from vtp_kedro.vtp.train.distributed import (
+from vtp_kedro.vtp.core.config import Config
+from vtp_kedro.vtp.core.io import atomic_path
+from vtp_kedro.vtp.core.distributed import (
     destroy_distributed,
     DeviceKind,
     init_distributed,

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vtp_kedro.vtp.config import Config
+from vtp_kedro.vtp.core.config import Config
 from vtp_kedro.vtp.data.shards import SHARD_MANIFEST
-from vtp_kedro.vtp.io import DigestCache, fingerprint, folder_digest
+from vtp_kedro.vtp.core.io import DigestCache, fingerprint, folder_digest
 from vtp_kedro.vtp.train.checkpoint import load_checkpoint
 from vtp_kedro.vtp.train.curves import read_metrics_log
 from vtp_kedro.vtp.train.launcher import LauncherConfig, launch

@@ -14,12 +14,12 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
 
-from vtp_kedro.vtp.config import Config
+from vtp_kedro.vtp.core.config import Config
 from vtp_kedro.vtp.data.loader import PretrainDataConfig, PretrainDataStream
 from vtp_kedro.vtp.metrics.online_probe import OnlineProbe, OnlineProbeConfig
 from vtp_kedro.vtp.models.vit import Block
 from vtp_kedro.vtp.models.vtp import VTPConfig, VTPModel
-from vtp_kedro.vtp.train.distributed import rank, world_size
+from vtp_kedro.vtp.core.distributed import rank, world_size
 from vtp_kedro.vtp.train.flops import training_step_flops
 from vtp_kedro.vtp.train.optim import OptimizerConfig, vit_lr_scales
 from vtp_kedro.vtp.train.trainer import TrainTask

@@ -44,10 +44,10 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from tqdm import tqdm
 
-from vtp_kedro.vtp.config import Config
-from vtp_kedro.vtp.io import atomic_path
+from vtp_kedro.vtp.core.config import Config
+from vtp_kedro.vtp.core.io import atomic_path
 from vtp_kedro.vtp.train import checkpoint as ckpt
-from vtp_kedro.vtp.train.distributed import (
+from vtp_kedro.vtp.core.distributed import (
     DeviceKind,
     ParallelKind,
     all_reduce_mean,

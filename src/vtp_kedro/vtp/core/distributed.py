@@ -97,6 +97,14 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def all_reduce_in_place(tensor: torch.Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM) -> torch.Tensor:
+    """``dist.all_reduce`` of ``tensor`` in place when a process group is up (alone: unchanged); returns it.
+    For statistics inside a loss that every rank must agree on (DINO's centre, Sinkhorn-Knopp)."""
+    if is_initialized():
+        dist.all_reduce(tensor, op=op)
+    return tensor
+
+
 def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     """Mean of ``tensor`` over ranks (a copy; gloo has no AVG, hence SUM then divide)."""
     tensor = tensor.detach().clone()
