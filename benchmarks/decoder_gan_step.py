@@ -26,11 +26,11 @@ import yaml
 
 from vtp_kedro.vtp.synthetic.generator import SyntheticConfig, write_captioned_shards
 from vtp_kedro.vtp.losses.gan import adaptive_weight, generator_adversarial_loss, hinge_d_loss
-from vtp_kedro.vtp.models.decoder_gan import DecoderGANConfig, DecoderGANModel
+from vtp_kedro.vtp.stages.decoder_gan import DecoderGANConfig, DecoderGANModel
 from vtp_kedro.vtp.models.tokenizer import TokenizerConfig
-from vtp_kedro.vtp.train.decoder_gan import DecoderGANTask, DecoderGANTaskConfig, build_task
-from vtp_kedro.vtp.train.optim import OptimizerConfig
-from vtp_kedro.vtp.train.trainer import METRICS_LOG, Trainer, TrainerConfig
+from vtp_kedro.vtp.stages.decoder_gan import DecoderGANTask, DecoderGANTaskConfig, build_task
+from vtp_kedro.vtp.engine.optim import OptimizerConfig
+from vtp_kedro.vtp.engine.trainer import METRICS_LOG, Trainer, TrainerConfig
 from summary import record_target  # benchmarks/summary.py: the row run_all.py gathers
 
 CONF = Path(__file__).resolve().parents[1] / "conf/base"

@@ -31,7 +31,7 @@ import torch
 from vtp_kedro.vtp.data.imagefolder import LabelledSplit, load_labelled_split
 from vtp_kedro.vtp.metrics.reference import cnn_accuracy, train_cnn
 from vtp_kedro.vtp.inference import Tokenizer, load_tokenizer
-from vtp_kedro.vtp.jobs.sample_dit import read_samples
+from vtp_kedro.vtp.launch.sample_dit import read_samples
 from summary import record_target  # benchmarks/summary.py: the row run_all.py gathers
 
 ROOT = Path(__file__).resolve().parents[1]

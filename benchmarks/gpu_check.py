@@ -74,14 +74,14 @@ from vtp_kedro.vtp.synthetic.generator import SyntheticConfig, write_captioned_s
 from vtp_kedro.vtp.inference import Tokenizer  # noqa: E402
 from vtp_kedro.vtp.models.dit import dit_forward_flops  # noqa: E402
 from vtp_kedro.vtp.models.vit import VIT_PRESETS  # noqa: E402
-from vtp_kedro.vtp.models.vtp import VTPConfig, VTPModel  # noqa: E402
+from vtp_kedro.vtp.stages.tokenizer_pretraining import VTPConfig, VTPModel  # noqa: E402
 from vtp_kedro.vtp.sampling import SamplerConfig  # noqa: E402
-from vtp_kedro.vtp.train import checkpoint as ckpt  # noqa: E402
-from vtp_kedro.vtp.train.dit_training import DiTTask, DiTTrainingConfig, FlowDiT  # noqa: E402
-from vtp_kedro.vtp.train.launcher import LauncherConfig, launch  # noqa: E402
-from vtp_kedro.vtp.train.optim import OptimizerConfig  # noqa: E402
-from vtp_kedro.vtp.train.tokenizer_pretraining import VTPTask, build_task  # noqa: E402
-from vtp_kedro.vtp.train.trainer import METRICS_LOG, Trainer, TrainerConfig  # noqa: E402
+from vtp_kedro.vtp.engine import checkpoint as ckpt  # noqa: E402
+from vtp_kedro.vtp.stages.dit import DiTTask, DiTTrainingConfig, FlowDiT  # noqa: E402
+from vtp_kedro.vtp.launch.launcher import LauncherConfig, launch  # noqa: E402
+from vtp_kedro.vtp.engine.optim import OptimizerConfig  # noqa: E402
+from vtp_kedro.vtp.stages.tokenizer_pretraining import VTPTask, build_task  # noqa: E402
+from vtp_kedro.vtp.engine.trainer import METRICS_LOG, Trainer, TrainerConfig  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -573,7 +573,7 @@ def start_killed_run(run: Run, scratch: Path, task: dict, precision: str) -> dic
         configs[name].write_text(json.dumps({"trainer": trainer, "task_factory": "gpu_check:build_slow_task",
                                              "task": settings}))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-    process = subprocess.Popen([sys.executable, "-m", "vtp_kedro.vtp.train", "--config", str(configs["killed"])],
+    process = subprocess.Popen([sys.executable, "-m", "vtp_kedro.vtp.launch", "--config", str(configs["killed"])],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env)
     return {"precision": precision, "configs": configs, "gate": gate, "process": process}
 

@@ -61,8 +61,8 @@ from vtp_kedro.vtp.synthetic.generator import SyntheticConfig, write_labelled_fo
 from vtp_kedro.vtp.inference import Tokenizer, load_tokenizer
 from vtp_kedro.vtp.models.dit import DIT_PRESETS
 from vtp_kedro.vtp.models.tokenizer import TokenizerConfig
-from vtp_kedro.vtp.train.dit_training import DiTTask, build_task
-from vtp_kedro.vtp.train.optim import OptimizerConfig, build_adamw
+from vtp_kedro.vtp.stages.dit import DiTTask, build_task
+from vtp_kedro.vtp.engine.optim import OptimizerConfig, build_adamw
 from summary import record_target  # benchmarks/summary.py: the row run_all.py gathers
 
 ROOT = Path(__file__).resolve().parents[1]

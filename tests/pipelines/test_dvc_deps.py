@@ -173,10 +173,10 @@ def test_stage_deps_name_only_project_files_it_imports(stage: str) -> None:
 def test_the_import_walk_sees_through_packages_and_factory_strings() -> None:
     """The check itself can fail: the tokenizer stage reaches the trainer's task factory and the models."""
     files = {str(p.relative_to(ROOT)) for p in reachable_files(stage_start_files("tokenizer_pretraining"))}
-    assert "src/vtp_kedro/vtp/train/tokenizer_pretraining.py" in files
-    assert "src/vtp_kedro/vtp/models/vtp.py" in files
+    assert "src/vtp_kedro/vtp/stages/tokenizer_pretraining.py" in files
+    assert "src/vtp_kedro/vtp/stages/tokenizer_pretraining.py" in files
     assert "src/vtp_kedro/vtp/__init__.py" in files
-    assert not covered(ROOT / "src/vtp_kedro/vtp/models/vtp.py", ["src/vtp_kedro/vtp/model"])
+    assert not covered(ROOT / "src/vtp_kedro/vtp/stages/tokenizer_pretraining.py", ["src/vtp_kedro/vtp/model"])
     # Through the lazy package vtp_kedro.datasets, a data stage reaches the folder dataset only.
     data = {str(p.relative_to(ROOT)) for p in reachable_files(stage_start_files("data_generation"))}
     assert "src/vtp_kedro/datasets/folder.py" in data and "src/vtp_kedro/datasets/checkpoint.py" not in data

@@ -14,7 +14,7 @@ from vtp_kedro.datasets import CheckpointDataset
 from vtp_kedro.pipelines.tokenizer_pretraining.nodes import split_probe_records
 from vtp_kedro.vtp import load_tokenizer
 from vtp_kedro.vtp.data.preprocess import normalize
-from vtp_kedro.vtp.models.vtp import VTPConfig, VTPModel
+from vtp_kedro.vtp.stages.tokenizer_pretraining import VTPConfig, VTPModel
 
 pytestmark = pytest.mark.slow
 TERMS = ("loss", "rec", "l1", "perceptual", "clip", "ssl", "dino", "ibot", "koleo", "teacher_cls_entropy",

@@ -14,9 +14,9 @@ from vtp_kedro.vtp.synthetic.generator import SyntheticConfig, write_captioned_s
 from vtp_kedro.vtp.inference import save_tokenizer
 from vtp_kedro.vtp.models.tokenizer import TokenizerConfig, VisualTokenizer
 from vtp_kedro.vtp.models.vit import vit_config
-from vtp_kedro.vtp.train import checkpoint as ckpt
-from vtp_kedro.vtp.train.decoder_gan import DecoderGANTaskConfig, build_task
-from vtp_kedro.vtp.train.trainer import Trainer, TrainerConfig
+from vtp_kedro.vtp.engine import checkpoint as ckpt
+from vtp_kedro.vtp.stages.decoder_gan import DecoderGANTaskConfig, build_task
+from vtp_kedro.vtp.engine.trainer import Trainer, TrainerConfig
 
 TOKENIZER = TokenizerConfig(encoder=vit_config("tiny", width=64, heads=1, depth=2, patch_size=4, image_size=32),
                             latent_dim=8, decoder_width=64, decoder_depth=1, decoder_heads=1)

@@ -19,14 +19,14 @@ import torch
 from tests.vtp.conftest import CLASSES
 from vtp_kedro.vtp.data.latents import LatentDataConfig, LatentExtractionConfig, load_latent_stats
 from vtp_kedro.vtp.inference import Tokenizer, save_tokenizer
-from vtp_kedro.vtp.jobs import extract_latents as extraction
-from vtp_kedro.vtp.jobs import sample_dit as sampling
+from vtp_kedro.vtp.launch import extract_latents as extraction
+from vtp_kedro.vtp.launch import sample_dit as sampling
 from vtp_kedro.vtp.models.dit import DiTConfig
 from vtp_kedro.vtp.core.progress import Progress
 from vtp_kedro.vtp.sampling import SampleSetConfig, initial_noise
 from vtp_kedro.vtp.core.tensors import save_tensors
-from vtp_kedro.vtp.train.dit_training import DiTTrainingConfig, FlowDiT
-from vtp_kedro.vtp.train.launcher import LauncherConfig, launch_job
+from vtp_kedro.vtp.stages.dit import DiTTrainingConfig, FlowDiT
+from vtp_kedro.vtp.launch.launcher import LauncherConfig, launch_job
 
 REPO = Path(__file__).resolve().parents[2]
 TWO_RANKS = LauncherConfig(kind="torchrun", nproc_per_node=2)
@@ -131,7 +131,7 @@ def test_sampling_on_two_ranks_equals_one(latents, tokenizer_folder, tmp_path, c
 
 
 def test_a_training_command_template_cannot_start_another_job(tokenizer_folder, image_root, tmp_path) -> None:
-    launcher = LauncherConfig(kind="command", command="{python} -m vtp_kedro.vtp.train --config {config}")
+    launcher = LauncherConfig(kind="command", command="{python} -m vtp_kedro.vtp.launch --config {config}")
     with pytest.raises(ValueError, match=r"-m \{module\}"):
         extract(tokenizer_folder, image_root, tmp_path / "latents", launcher)
 

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from vtp_kedro.vtp.synthetic.generator import SyntheticConfig, write_captioned_shards
-from vtp_kedro.vtp.train import checkpoint as ckpt
+from vtp_kedro.vtp.engine import checkpoint as ckpt
 from vtp_kedro.vtp.core.distributed import rank, world_size
-from vtp_kedro.vtp.train.launcher import LauncherConfig, launch
-from vtp_kedro.vtp.train.tokenizer_pretraining import TASK_FACTORY, VTPTask
-from vtp_kedro.vtp.models.vtp import VTPConfig, VTPModel
+from vtp_kedro.vtp.launch.launcher import LauncherConfig, launch
+from vtp_kedro.vtp.stages.tokenizer_pretraining import TASK_FACTORY, VTPTask
+from vtp_kedro.vtp.stages.tokenizer_pretraining import VTPConfig, VTPModel
 from tests.vtp.test_vtp_model import embedded_batch
 
 REPO = Path(__file__).resolve().parents[2]
@@ -144,7 +144,7 @@ def test_vtp_killed_and_resumed_ends_bit_identical(tmp_path: Path) -> None:
     reference = launch(write_config(tmp_path / "ref.json", task, **trainer), tmp_path / "ref", LauncherConfig())
 
     config = write_config(tmp_path / "killed" / "config.json", task, **trainer)
-    process = subprocess.Popen([sys.executable, "-m", "vtp_kedro.vtp.train", "--config", str(config)],
+    process = subprocess.Popen([sys.executable, "-m", "vtp_kedro.vtp.launch", "--config", str(config)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     first = tmp_path / "killed" / "checkpoints" / "step_00000004"
     deadline = time.monotonic() + 300
@@ -182,7 +182,7 @@ def test_activation_checkpointing_keeps_the_gradients() -> None:
 
 
 def test_training_curves_panels_and_scales() -> None:
-    from vtp_kedro.vtp.train.curves import plot_curves
+    from vtp_kedro.vtp.engine.curves import plot_curves
 
     records = [{"step": s, "rec": 1.0 / s, "clip": 4.0 - s, "koleo": 0.5 - s, "lr": 1e-3} for s in (1, 2, 3)]
     losses, health, optimisation = plot_curves(records, "t").axes

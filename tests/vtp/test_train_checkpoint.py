@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from tests.vtp.test_train_trainer import fit, trainer_config
-from vtp_kedro.vtp.train import checkpoint as ckpt
+from vtp_kedro.vtp.engine import checkpoint as ckpt
 
 
 def parts(step: int = 3) -> dict:
@@ -46,7 +46,7 @@ def test_same_tensors_give_byte_identical_files_across_processes(tmp_path):
     script = textwrap.dedent("""
         import sys, torch
         from torch import nn
-        from vtp_kedro.vtp.train.checkpoint import save_tensors
+        from vtp_kedro.vtp.engine.checkpoint import save_tensors
         torch.manual_seed(0)
         embedding = nn.Embedding(7, 4)
         save_tensors({"b": torch.arange(5.0), "a.weight": embedding.weight, "tied": embedding.weight,

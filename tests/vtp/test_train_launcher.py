@@ -16,8 +16,8 @@ import pydantic
 import pytest
 import torch
 
-from vtp_kedro.vtp.train import checkpoint as ckpt
-from vtp_kedro.vtp.train.launcher import LauncherConfig, launch
+from vtp_kedro.vtp.engine import checkpoint as ckpt
+from vtp_kedro.vtp.launch.launcher import LauncherConfig, launch
 
 REPO = Path(__file__).resolve().parents[2]
 FACTORY = "tests.vtp.test_train_trainer:make_toy"
@@ -45,12 +45,12 @@ def final_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
 
 def test_launcher_config_validation():
     assert LauncherConfig().kind == "inprocess"
-    LauncherConfig(kind="command", command="srun torchrun --nproc-per-node {nproc} -m vtp_kedro.vtp.train "
+    LauncherConfig(kind="command", command="srun torchrun --nproc-per-node {nproc} -m vtp_kedro.vtp.launch "
                                            "--config {config} --rdzv-endpoint $HEAD:29500")
     with pytest.raises(pydantic.ValidationError, match="unknown placeholders \\['output'\\]"):
-        LauncherConfig(kind="command", command="{python} -m vtp_kedro.vtp.train --config {config} {output}")
+        LauncherConfig(kind="command", command="{python} -m vtp_kedro.vtp.launch --config {config} {output}")
     with pytest.raises(pydantic.ValidationError, match="include \\{config\\}"):
-        LauncherConfig(kind="command", command="{python} -m vtp_kedro.vtp.train")
+        LauncherConfig(kind="command", command="{python} -m vtp_kedro.vtp.launch")
     with pytest.raises(pydantic.ValidationError, match="needs a command template"):
         LauncherConfig(kind="command")
     with pytest.raises(pydantic.ValidationError, match="nproc_per_node > 1"):
@@ -88,7 +88,7 @@ def test_killed_process_resumes_bit_identically(tmp_path, child_env):
                        LauncherConfig())
     config = write_config(tmp_path / "killed" / "config.json", trainer, {"sleep_s": 0.15})
     checkpoints = tmp_path / "killed" / "checkpoints"
-    process = subprocess.Popen([sys.executable, "-m", "vtp_kedro.vtp.train", "--config", str(config)],
+    process = subprocess.Popen([sys.executable, "-m", "vtp_kedro.vtp.launch", "--config", str(config)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not (checkpoints / "step_00000004").is_dir():
@@ -146,7 +146,7 @@ def test_two_gloo_ranks_match_one_process(tmp_path, child_env, parallel):
 def test_command_template_failure_quotes_the_rank_logs(tmp_path, child_env):
     config = write_config(tmp_path / "out" / "config.json", {"max_consecutive_nonfinite": 2},
                           {"nan_steps": [0, 1, 2, 3]})
-    launcher = LauncherConfig(kind="command", command="{python} -m vtp_kedro.vtp.train --config {config}",
+    launcher = LauncherConfig(kind="command", command="{python} -m vtp_kedro.vtp.launch --config {config}",
                               tail_lines=40)
     with pytest.raises(RuntimeError) as failure:
         launch(config, tmp_path / "out", launcher)
@@ -157,7 +157,7 @@ def test_command_template_failure_quotes_the_rank_logs(tmp_path, child_env):
 
 
 def test_entry_point_with_task_on_the_command_line(tmp_path):
-    from vtp_kedro.vtp.train.__main__ import main
+    from vtp_kedro.vtp.launch.__main__ import main
 
     config = tmp_path / "resolved.json"
     config.write_text(json.dumps({"trainer": TRAINER, "task": {"global_batch": 4}}))

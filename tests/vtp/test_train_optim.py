@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from vtp_kedro.vtp.train.optim import OptimizerConfig, build_adamw, decays, param_groups
+from vtp_kedro.vtp.engine.optim import OptimizerConfig, build_adamw, decays, param_groups
 
 
 class TinyViT(nn.Module):
@@ -95,8 +95,8 @@ def test_config_rejects_impossible_values(kwargs, field):
 
 def test_layer_wise_decay_scales_each_block_by_the_factor_and_the_patch_embedding_further():
     from tests.vtp.test_vtp_model import small_config
-    from vtp_kedro.vtp.models.vtp import VTPModel
-    from vtp_kedro.vtp.train.tokenizer_pretraining import VTPTask
+    from vtp_kedro.vtp.stages.tokenizer_pretraining import VTPModel
+    from vtp_kedro.vtp.stages.tokenizer_pretraining import VTPTask
 
     torch.manual_seed(0)
     task = VTPTask(VTPModel(small_config("vtp")), 32)  # encoder depth 2
@@ -123,8 +123,8 @@ def test_layer_decay_is_refused_where_a_task_has_no_vit_trunk():
 
 def test_the_ssl_heads_take_their_own_learning_rate_factor():
     from tests.vtp.test_vtp_model import small_config
-    from vtp_kedro.vtp.models.vtp import VTPModel
-    from vtp_kedro.vtp.train.tokenizer_pretraining import VTPTask
+    from vtp_kedro.vtp.stages.tokenizer_pretraining import VTPModel
+    from vtp_kedro.vtp.stages.tokenizer_pretraining import VTPTask
 
     torch.manual_seed(0)
     config = small_config("vtp", ibot_separate_head=True)

@@ -11,7 +11,7 @@ import pytest
 from tests.vtp.test_train_trainer import trainer_config
 from vtp_kedro.vtp.core.config import Config
 from vtp_kedro.vtp.core.io import DigestCache, folder_digest
-from vtp_kedro.vtp.train.runs import (
+from vtp_kedro.vtp.launch.runs import (
     resolved_run_config,
     run_fingerprint,
     shards_digest,

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from vtp_kedro.vtp.train.schedules import learning_rate, linear_warmup, warmup_constant, warmup_cosine
+from vtp_kedro.vtp.engine.schedules import learning_rate, linear_warmup, warmup_constant, warmup_cosine
 
 
 def test_warmup_is_linear_and_starts_above_zero():

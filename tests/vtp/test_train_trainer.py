@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vtp_kedro.vtp.train import checkpoint as ckpt
+from vtp_kedro.vtp.engine import checkpoint as ckpt
 from vtp_kedro.vtp.core.distributed import rank, world_size
-from vtp_kedro.vtp.train.trainer import (
+from vtp_kedro.vtp.engine.trainer import (
     BudgetConfig,
     MlflowMetricLogger,
     Trainer,
@@ -376,7 +376,7 @@ def test_batch_size_of_nested_batches():
 
 
 def test_result_file(tmp_path):
-    from vtp_kedro.vtp.train.trainer import write_result
+    from vtp_kedro.vtp.engine.trainer import write_result
 
     trainer = fit(tmp_path, trainer_config())
     result = json.loads(write_result(tmp_path, trainer).read_text())

@@ -14,8 +14,8 @@ from vtp_kedro.vtp.data.preprocess import normalize, tokenize
 from vtp_kedro.vtp.models.text import TextConfig
 from vtp_kedro.vtp.models.tokenizer import TokenizerConfig
 from vtp_kedro.vtp.models.vit import ViTConfig
-from vtp_kedro.vtp.models.vtp import OBJECTIVE_PRESETS, VTPConfig, VTPModel
-from vtp_kedro.vtp.train.flops import training_step_flops
+from vtp_kedro.vtp.stages.tokenizer_pretraining import OBJECTIVE_PRESETS, VTPConfig, VTPModel
+from vtp_kedro.vtp.stages.flops import training_step_flops
 
 PRESETS = list(OBJECTIVE_PRESETS)
 
@@ -270,8 +270,8 @@ def teacher_entropy_gap(head_lr_mult: float, steps: int = 120) -> float:
     """log-K-scale gap between the batch-mean target's entropy and the per-row entropy after
     ``steps`` of ssl_ae at lr 1e-3 with ``dino_head.lr_mult`` applied as the trainer applies it:
     0 when the teacher says the same for every image."""
-    from vtp_kedro.vtp.train.optim import OptimizerConfig
-    from vtp_kedro.vtp.train.tokenizer_pretraining import VTPTask
+    from vtp_kedro.vtp.engine.optim import OptimizerConfig
+    from vtp_kedro.vtp.stages.tokenizer_pretraining import VTPTask
 
     torch.manual_seed(0)
     config = small_config("ssl_ae", teacher_momentum=(0.996, 1.0))

@@ -9,8 +9,8 @@ from typing import Any
 from kedro.io import AbstractDataset, DatasetError
 
 from vtp_kedro.vtp.core.io import atomic_path, project_relative
-from vtp_kedro.vtp.train.checkpoint import load_checkpoint, write_checkpoint_files
-from vtp_kedro.vtp.train.trainer import METRICS_LOG
+from vtp_kedro.vtp.engine.checkpoint import load_checkpoint, write_checkpoint_files
+from vtp_kedro.vtp.engine.trainer import METRICS_LOG
 
 CONFIG_FILE = "config.json"
 
@@ -18,7 +18,7 @@ CONFIG_FILE = "config.json"
 class CheckpointDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
     """A trainer checkpoint folder plus the resolved config that produced it.
 
-    The dict is ``vtp.train.checkpoint.load_checkpoint``'s (``model``, ``task_state``,
+    The dict is ``vtp.engine.checkpoint.load_checkpoint``'s (``model``, ``task_state``,
     ``optimizer``, ``trainer_state``, ``rng``, ``step``) with ``config`` (the resolved run
     config), ``metrics`` (the training log records) and, on load, ``path`` (the folder, for
     jobs in other processes that read the weights themselves). Weights are safetensors; the folder is

@@ -19,7 +19,7 @@ from typing import Any
 
 from kedro.framework.hooks import hook_impl
 
-SAMPLES_RECORD = "sampling.json"  # vtp.jobs.sample_dit.SETTINGS_FILE (not imported: this file loads with every run)
+SAMPLES_RECORD = "sampling.json"  # vtp.launch.sample_dit.SETTINGS_FILE (not imported: this file loads with every run)
 
 
 class ChainSettingsError(ValueError):

@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from pydantic import Field, field_validator
 
 from vtp_kedro.vtp.core.config import Config
-from vtp_kedro.vtp.models.vtp import Objective
+from vtp_kedro.vtp.stages.tokenizer_pretraining import Objective
 
 SemanticFeatures = Literal["bottleneck", "trunk"]
 DEFAULT_MODEL_SIZE = "default"  # the tokenizer of tokenizer_pretraining's own parameters

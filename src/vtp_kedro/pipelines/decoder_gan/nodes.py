@@ -23,13 +23,13 @@ from vtp_kedro.vtp.losses.gan import GANLossConfig
 from vtp_kedro.vtp.losses.reconstruction import ReconstructionLossConfig
 from vtp_kedro.vtp.metrics.reconstruction import measure_reconstruction, plot_image_grid
 from vtp_kedro.vtp.metrics.report import split_report
-from vtp_kedro.vtp.models.decoder_gan import DecoderGANConfig
+from vtp_kedro.vtp.stages.decoder_gan import DecoderGANConfig
 from vtp_kedro.vtp.models.discriminator import DiscriminatorConfig
-from vtp_kedro.vtp.train.curves import plot_curves
-from vtp_kedro.vtp.train.decoder_gan import TASK_FACTORY, DecoderGANTaskConfig
-from vtp_kedro.vtp.train.launcher import LauncherConfig
-from vtp_kedro.vtp.train.runs import train_stage
-from vtp_kedro.vtp.train.trainer import InitFromConfig, TrainerConfig
+from vtp_kedro.vtp.engine.curves import plot_curves
+from vtp_kedro.vtp.stages.decoder_gan import TASK_FACTORY, DecoderGANTaskConfig
+from vtp_kedro.vtp.launch.launcher import LauncherConfig
+from vtp_kedro.vtp.launch.runs import train_stage
+from vtp_kedro.vtp.engine.trainer import InitFromConfig, TrainerConfig
 
 GAN_PANELS = (
     ("generator", ("loss", "rec", "l1", "lpips", "g_adv")),

@@ -17,15 +17,15 @@ from vtp_kedro.vtp.losses.flow import FlowConfig
 from vtp_kedro.vtp.metrics.reconstruction import plot_image_grid
 from vtp_kedro.vtp.models.dit import DIT_PRESETS, DiTConfig
 from vtp_kedro.vtp.core.io import atomic_path
-from vtp_kedro.vtp.jobs.sample_dit import JOB as SAMPLING
-from vtp_kedro.vtp.jobs.sample_dit import SAME_AS_KEY, SETTINGS_FILE, SamplingJobConfig, samples_per_class
+from vtp_kedro.vtp.launch.sample_dit import JOB as SAMPLING
+from vtp_kedro.vtp.launch.sample_dit import SAME_AS_KEY, SETTINGS_FILE, SamplingJobConfig, samples_per_class
 from vtp_kedro.vtp.sampling import SampleSetConfig
-from vtp_kedro.vtp.train.curves import plot_curves
-from vtp_kedro.vtp.train.dit_training import TASK_FACTORY, DiTTrainingConfig
+from vtp_kedro.vtp.engine.curves import plot_curves
+from vtp_kedro.vtp.stages.dit import TASK_FACTORY, DiTTrainingConfig
 from vtp_kedro.vtp.core.distributed import DeviceKind
-from vtp_kedro.vtp.train.launcher import LauncherConfig, job_folder, launch_job
-from vtp_kedro.vtp.train.runs import train_stage
-from vtp_kedro.vtp.train.trainer import TrainerConfig
+from vtp_kedro.vtp.launch.launcher import LauncherConfig, job_folder, launch_job
+from vtp_kedro.vtp.launch.runs import train_stage
+from vtp_kedro.vtp.engine.trainer import TrainerConfig
 
 DIT_PANELS = (("losses", ("loss", "mse", "cosine")), ("optimisation", ("lr", "grad_norm")))
 
@@ -135,7 +135,7 @@ def _sample_settings(params: DiTTrainingParams, **overrides: Any) -> SampleSetCo
 def sample_dit(dit_checkpoint: dict[str, Any], gan_tokenizer: Path, latents: Path,
                params: DiTTrainingParams) -> StagedFolder:
     """The sample folder, sampled here: class-conditional samples from the EMA weights, decoded by the
-    tokenizer (``vtp.jobs.sample_dit``: PNGs, ADM's NPZ, the settings), on the launcher's devices."""
+    tokenizer (``vtp.launch.sample_dit``: PNGs, ADM's NPZ, the settings), on the launcher's devices."""
     return _sample_set(dit_checkpoint, gan_tokenizer, latents, params, _sample_settings(params), "samples")
 
 

@@ -24,7 +24,7 @@ from vtp_kedro.vtp.core.config import Config
 from vtp_kedro.vtp.data.imagefolder import LabelledImageFolder, LabelledSplit, cropped_batches
 from vtp_kedro.vtp.inference import NoTextTowerError, load_clip_towers, load_tokenizer, tokenizer_source
 from vtp_kedro.vtp.core.io import project_relative
-from vtp_kedro.vtp.jobs.sample_dit import SAME_AS_KEY, SETTINGS_FILE, read_samples, samples_per_class
+from vtp_kedro.vtp.launch.sample_dit import SAME_AS_KEY, SETTINGS_FILE, read_samples, samples_per_class
 from vtp_kedro.vtp.metrics.fidelity import FeatureSpace, extract_features, inception_space, reference_space
 from vtp_kedro.vtp.metrics.generation import (
     adm_reference_batch,
@@ -53,7 +53,7 @@ from vtp_kedro.vtp.metrics.understanding import (
     zero_shot_classifier,
     zero_shot_logits,
 )
-from vtp_kedro.vtp.train.curves import plot_stage_curves
+from vtp_kedro.vtp.engine.curves import plot_stage_curves
 from vtp_kedro.vtp.core.distributed import DeviceKind, resolve_device
 
 

@@ -12,10 +12,10 @@ from vtp_kedro.vtp.core.config import Config
 from vtp_kedro.vtp.data.latents import LatentExtractionConfig
 from vtp_kedro.vtp.inference import load_tokenizer
 from vtp_kedro.vtp.core.io import atomic_path
-from vtp_kedro.vtp.jobs.extract_latents import JOB as EXTRACTION
-from vtp_kedro.vtp.jobs.extract_latents import ExtractionJobConfig
+from vtp_kedro.vtp.launch.extract_latents import JOB as EXTRACTION
+from vtp_kedro.vtp.launch.extract_latents import ExtractionJobConfig
 from vtp_kedro.vtp.core.distributed import DeviceKind
-from vtp_kedro.vtp.train.launcher import LauncherConfig, job_folder, launch_job
+from vtp_kedro.vtp.launch.launcher import LauncherConfig, job_folder, launch_job
 from vtp_kedro.vtp.core.io import folder_digest, project_relative
 
 

@@ -39,7 +39,7 @@ from vtp_kedro.vtp import scaling
 from vtp_kedro.vtp.core.config import Config, with_overrides
 from vtp_kedro.vtp.data.shards import expand_urls, shard_prefix
 from vtp_kedro.vtp.core.io import DigestCache, atomic_path, fingerprint, folder_digest, project_relative
-from vtp_kedro.vtp.train.runs import shards_digest
+from vtp_kedro.vtp.launch.runs import shards_digest
 
 log = logging.getLogger(__name__)
 

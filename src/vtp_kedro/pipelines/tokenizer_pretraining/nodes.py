@@ -2,7 +2,7 @@
 
 Kedro itself never runs under torchrun (every rank would open a session, an MLflow run and
 catalog saves; kedro-org/kedro#2049): ``train_stage`` writes the fully resolved config and
-launches ``python -m vtp_kedro.vtp.train`` in-process, under torchrun or through a cluster
+launches ``python -m vtp_kedro.vtp.launch`` in-process, under torchrun or through a cluster
 command template, then hands back the final checkpoint.
 """
 
@@ -20,12 +20,12 @@ from vtp_kedro.vtp.data.loader import PretrainDataConfig
 from vtp_kedro.vtp.data.shards import expand_urls
 from vtp_kedro.vtp.inference import tokenizer_state, write_tokenizer_files
 from vtp_kedro.vtp.metrics.online_probe import PROBE_PREFIX, OnlineProbeConfig
-from vtp_kedro.vtp.models.vtp import VTPConfig
-from vtp_kedro.vtp.train.curves import plot_curves
-from vtp_kedro.vtp.train.launcher import LauncherConfig
-from vtp_kedro.vtp.train.runs import train_stage
-from vtp_kedro.vtp.train.tokenizer_pretraining import TASK_FACTORY, TokenizerPretrainingConfig
-from vtp_kedro.vtp.train.trainer import TrainerConfig
+from vtp_kedro.vtp.stages.tokenizer_pretraining import VTPConfig
+from vtp_kedro.vtp.engine.curves import plot_curves
+from vtp_kedro.vtp.launch.launcher import LauncherConfig
+from vtp_kedro.vtp.launch.runs import train_stage
+from vtp_kedro.vtp.stages.tokenizer_pretraining import TASK_FACTORY, TokenizerPretrainingConfig
+from vtp_kedro.vtp.engine.trainer import TrainerConfig
 
 
 class PretrainDataParams(PretrainDataConfig):

@@ -16,7 +16,7 @@ report says so beside the number.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -24,9 +24,11 @@ from matplotlib.figure import Figure
 from torch import Tensor
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from vtp_kedro.vtp.inference import Tokenizer
 from vtp_kedro.vtp.losses.reconstruction import build_lpips
 from vtp_kedro.vtp.metrics.fidelity import FeatureSpace, extract_features, fid_statistics, frechet_distance
+
+if TYPE_CHECKING:  # types only: the metrics take tokenizers, they do not load them
+    from vtp_kedro.vtp.inference import Tokenizer
 
 
 class ReconstructionMetrics:

@@ -26,7 +26,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -36,8 +36,10 @@ from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TE
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from vtp_kedro.vtp.inference import CLIPTowers, Tokenizer
 from vtp_kedro.vtp.models.tokenizer import TokenizerFeatures
+
+if TYPE_CHECKING:  # types only: the metrics read features, they do not load tokenizers
+    from vtp_kedro.vtp.inference import CLIPTowers, Tokenizer
 
 ProbeFeatures = Literal["bottleneck", "trunk"]
 DINOV2_LEARNING_RATES = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 1e-1)

@@ -10,9 +10,13 @@ EMA teacher, LPIPS on the target). The iBOT masked-token count is its expectatio
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from vtp_kedro.vtp.models.text import TextConfig
 from vtp_kedro.vtp.models.vit import ViTConfig
-from vtp_kedro.vtp.models.vtp import VTPConfig
+
+if TYPE_CHECKING:  # the stage imports this module to count its steps
+    from vtp_kedro.vtp.stages.tokenizer_pretraining import VTPConfig
 
 # LPIPS' VGG16 convolutions up to relu5_3: (in, out) channels per 3x3 conv, per resolution stage.
 _VGG16_STAGES = (

@@ -1,6 +1,6 @@
 """Class-conditional samples from a trained DiT, decoded by the tokenizer, on one or several devices.
 
-``python -m vtp_kedro.vtp.jobs.sample_dit --config job.json`` (or under ``torchrun``), where
+``python -m vtp_kedro.vtp.launch.sample_dit --config job.json`` (or under ``torchrun``), where
 ``job.json`` is a ``SamplingJobConfig``. Samples are numbered ``0 .. N-1``; sample ``i`` has
 label ``labels[i]`` and the noise ``initial_noise`` gives index ``i``, so the set is the same
 for any batch size and any number of ranks. Batch ``b`` (samples ``b*B .. (b+1)*B - 1``) is
@@ -27,10 +27,10 @@ from vtp_kedro.vtp.inference import load_tokenizer
 from vtp_kedro.vtp.core.io import atomic_path
 from vtp_kedro.vtp.core.progress import Progress
 from vtp_kedro.vtp.sampling import SamplerConfig, SampleSetConfig, initial_noise
-from vtp_kedro.vtp.train.checkpoint import load_state_strictly, read_weights
-from vtp_kedro.vtp.train.dit_training import DiTTrainingConfig, FlowDiT
+from vtp_kedro.vtp.engine.checkpoint import load_state_strictly, read_weights
+from vtp_kedro.vtp.stages.dit import DiTTrainingConfig, FlowDiT
 from vtp_kedro.vtp.core.distributed import DeviceKind, barrier, is_main_process, rank, world_size
-from vtp_kedro.vtp.train.launcher import Job, job_main, job_process, write_job_result
+from vtp_kedro.vtp.launch.launcher import Job, job_main, job_process, write_job_result
 
 SAMPLES_FILE = "samples.npz"
 SETTINGS_FILE = "sampling.json"
@@ -130,7 +130,7 @@ def samples_per_class(folder: str | Path, per_class: int) -> tuple[dict[str, tor
     return rows, record
 
 
-JOB = Job("vtp_kedro.vtp.jobs.sample_dit", run,
+JOB = Job("vtp_kedro.vtp.launch.sample_dit", run,
           lambda path: SamplingJobConfig.model_validate_json(Path(path).read_text()))
 
 if __name__ == "__main__":

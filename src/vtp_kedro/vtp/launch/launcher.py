@@ -2,7 +2,7 @@
 
 Kedro must not run under torchrun (every rank would open a Kedro session, an MLflow run and
 catalog saves; kedro-org/kedro#2049). So the Kedro node writes the fully resolved config to
-a JSON file and calls ``launch``, which runs ``python -m vtp_kedro.vtp.train --config <file>``
+a JSON file and calls ``launch``, which runs ``python -m vtp_kedro.vtp.launch --config <file>``
 in-process (one device), under ``torchrun --standalone`` (one machine, N processes) or through
 a user command template (clusters), waits, and returns the final checkpoint folder.
 
@@ -50,7 +50,7 @@ from vtp_kedro.vtp.core.distributed import (
     resolve_device,
     seed_all,
 )
-from vtp_kedro.vtp.train.trainer import RESULT_FILE, MlflowMetricLogger, Trainer, TrainerConfig, write_result
+from vtp_kedro.vtp.engine.trainer import RESULT_FILE, MlflowMetricLogger, Trainer, TrainerConfig, write_result
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class LauncherConfig(Config):
     kind: Literal["inprocess", "torchrun", "command"] = "inprocess"
     nproc_per_node: int = Field(1, gt=0, description="processes (devices) for torchrun; {nproc} in a command")
     command: str | None = Field(None, description="kind 'command': a shell template with {config}, {python}, {nproc} "
-                                                  "and {module} (the job's module; training's is vtp_kedro.vtp.train)")
+                                                  "and {module} (the job's module; training's is vtp_kedro.vtp.launch)")
     tail_lines: int = Field(20, gt=0, description="lines of each rank's log quoted when the run fails")
 
     @model_validator(mode="after")
@@ -259,7 +259,7 @@ class Job:
     validate: Callable[[Path], Any] = lambda path: None  # fail in the parent, before any process starts
 
 
-TRAINING = Job("vtp_kedro.vtp.train", lambda config, output_dir: run(config, output_dir), read_run_config)
+TRAINING = Job("vtp_kedro.vtp.launch", lambda config, output_dir: run(config, output_dir), read_run_config)
 
 
 def _command(config: Path, output_dir: Path, launcher: LauncherConfig, module: str) -> tuple[str | list[str], bool]:

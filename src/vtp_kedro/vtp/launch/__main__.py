@@ -1,4 +1,4 @@
-"""``python -m vtp_kedro.vtp.train --config resolved.json [--task module:function]``.
+"""``python -m vtp_kedro.vtp.launch --config resolved.json [--task module:function]``.
 
 Runs one training process, or one rank when started by ``torchrun`` (see ``launcher``), and
 writes ``result.json`` naming the final checkpoint into the output folder (by default the
@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 
-from vtp_kedro.vtp.train.launcher import console_logging, run
+from vtp_kedro.vtp.launch.launcher import console_logging, run
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m vtp_kedro.vtp.train",
+    parser = argparse.ArgumentParser(prog="python -m vtp_kedro.vtp.launch",
                                      description="Train one process, or one torchrun rank, from a resolved config.")
     parser.add_argument("--config", required=True, help="the fully resolved config (JSON)")
     parser.add_argument("--task", default=None, help="task factory 'package.module:function' (overrides the config)")

@@ -27,10 +27,10 @@ from typing import Any
 from vtp_kedro.vtp.core.config import Config
 from vtp_kedro.vtp.data.shards import SHARD_MANIFEST
 from vtp_kedro.vtp.core.io import DigestCache, fingerprint, folder_digest
-from vtp_kedro.vtp.train.checkpoint import load_checkpoint
-from vtp_kedro.vtp.train.curves import read_metrics_log
-from vtp_kedro.vtp.train.launcher import LauncherConfig, launch
-from vtp_kedro.vtp.train.trainer import WALL_CLOCK_METRICS, TrainerConfig
+from vtp_kedro.vtp.engine.checkpoint import load_checkpoint
+from vtp_kedro.vtp.engine.curves import read_metrics_log
+from vtp_kedro.vtp.launch.launcher import LauncherConfig, launch
+from vtp_kedro.vtp.engine.trainer import WALL_CLOCK_METRICS, TrainerConfig
 
 # Trainer settings that change how a run is watched or stored, not what it computes.
 NOT_FINGERPRINTED = frozenset({"resume", "log_every", "checkpoint_every", "keep_last"})

@@ -30,7 +30,7 @@ from vtp_kedro.vtp.models.dit import DiTConfig, LightningDiT, dit_forward_flops
 from vtp_kedro.vtp.models.ema import ema_update, make_teacher
 from vtp_kedro.vtp.sampling import SamplerConfig, sample
 from vtp_kedro.vtp.core.distributed import rank, world_size
-from vtp_kedro.vtp.train.trainer import TrainTask
+from vtp_kedro.vtp.engine.trainer import TrainTask
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ INITIAL_GRAD_NORM_NOTE = (
     "step's gradient norm is huge (~1e7-1e8) and is clipped to grad_clip; the first logged grad_norm, a mean of "
     "the pre-clipping norms over log_every steps, carries it (about 1e6), later ones do not")
 
-TASK_FACTORY = "vtp_kedro.vtp.train.dit_training:build_task"
+TASK_FACTORY = "vtp_kedro.vtp.stages.dit:build_task"
 
 
 class DiTTrainingConfig(Config):

@@ -20,7 +20,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from vtp_kedro.vtp.core.config import Config
-from vtp_kedro.vtp.train.schedules import ScheduleKind
+from vtp_kedro.vtp.engine.schedules import ScheduleKind
 
 NO_DECAY_NAME_PARTS = ("cls_token", "mask_token", "reg_token", "register_tokens", "pos_embed", "logit_scale")
 

@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 from vtp_kedro.vtp.core.config import Config
 from vtp_kedro.vtp.core.io import atomic_path
-from vtp_kedro.vtp.train import checkpoint as ckpt
+from vtp_kedro.vtp.engine import checkpoint as ckpt
 from vtp_kedro.vtp.core.distributed import (
     DeviceKind,
     ParallelKind,
@@ -62,8 +62,8 @@ from vtp_kedro.vtp.core.distributed import (
     seed_all,
     world_size,
 )
-from vtp_kedro.vtp.train.optim import OptimizerConfig, build_adamw
-from vtp_kedro.vtp.train.schedules import learning_rate, warmup_cosine
+from vtp_kedro.vtp.engine.optim import OptimizerConfig, build_adamw
+from vtp_kedro.vtp.engine.schedules import learning_rate, warmup_cosine
 
 log = logging.getLogger(__name__)
 
