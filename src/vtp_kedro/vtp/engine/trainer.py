@@ -29,6 +29,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -95,6 +96,32 @@ class InitFromConfig(Config):
     path: str = Field(min_length=1, description="a checkpoint folder, a tokenizer inference folder or a .safetensors file")
     source_prefix: str = Field("", description="take only the source keys under this prefix (e.g. 'tokenizer.'), stripped")
     target: str = Field("", description="the submodule of task.model that receives them ('' = the whole model)")
+
+
+
+@dataclass
+class StepResult:
+    """What one training step did, summed over ranks where it counts."""
+
+    terms: dict[str, Tensor]  # the task's loss terms, averaged over accumulation
+    grad_norms: dict[str, Tensor]  # per optimizer, before clipping
+    applied: bool  # every optimizer stepped (no non-finite loss or gradient)
+    samples: int  # over all ranks
+    flops: float  # over all ranks
+
+
+@dataclass
+class LogWindow:
+    """Sums since the last logged line; ``_emit`` turns them into means and rates."""
+
+    start: float = field(default_factory=time.perf_counter)
+    steps: int = 0
+    samples: int = 0
+    flops: float = 0.0
+    applied: int = 0  # steps whose optimizers all stepped: the gradient norms' count
+    terms: dict[str, Tensor] = field(default_factory=dict)
+    norms: dict[str, Tensor] = field(default_factory=dict)
+    evaluation: dict[str, float] = field(default_factory=dict)
 
 
 class TrainerConfig(Config):
@@ -503,8 +530,8 @@ class Trainer:
             return self.module.no_sync()
         return contextlib.nullcontext()
 
-    def _train_step(self) -> tuple[dict[str, Tensor], dict[str, Tensor], bool, int, float]:
-        """One step of every optimizer; returns (terms, grad norm per optimizer, all applied, samples, FLOPs)."""
+    def _train_step(self) -> StepResult:
+        """One step of every optimizer."""
         step, accumulation = self.step, self.config.accumulation_steps
         batches = [self._next_batch() for _ in range(accumulation)]
         samples = sum(batch_size(batch) for batch in batches)
@@ -560,11 +587,12 @@ class Trainer:
             terms["loss"] = terms[f"{first}/loss"]
         if all_applied:
             self.task.after_optimizer_step(step, self.total_steps)
-        return terms, norms, all_applied, samples * world_size(), flops * world_size()
+        return StepResult(terms, norms, all_applied, samples * world_size(), flops * world_size())
 
-    def _count_nonfinite(self, applied: bool, terms: dict[str, Tensor], norms: dict[str, Tensor]) -> None:
+    def _count_nonfinite(self, result: StepResult) -> None:
         skipped, self._skipped = self._skipped, []
-        if applied:
+        terms, norms = result.terms, result.grad_norms
+        if result.applied:
             self.nonfinite_consecutive = 0
             return
         self.nonfinite_total += 1
@@ -613,30 +641,30 @@ class Trainer:
         return path
 
     # -- logging -------------------------------------------------------------------------
-    def _emit(self, window: dict[str, Any], bar: tqdm) -> None:
+    def _emit(self, window: LogWindow, bar: tqdm) -> None:
         """Average the window's terms over steps and ranks and hand them to the logger (rank 0)."""
-        names = sorted(window["terms"])
-        values = all_reduce_mean(torch.stack([window["terms"][name] / window["steps"] for name in names]))
-        elapsed = max(time.perf_counter() - window["start"], 1e-9)
+        names = sorted(window.terms)
+        values = all_reduce_mean(torch.stack([window.terms[name] / window.steps for name in names]))
+        elapsed = max(time.perf_counter() - window.start, 1e-9)
         metrics = dict(zip(names, values.tolist(), strict=True))
         clashes = sorted(set(metrics) & set(_TRAINER_METRICS))
         if clashes:
             raise ValueError(f"task terms {clashes} clash with the trainer's own metric names")
         for name in self.optimizers:
-            norm = (window["norm"][name] / window["applied"]).item() if window["applied"] else float("nan")
+            norm = (window.norms[name] / window.applied).item() if window.applied else float("nan")
             if self._multi_optimizer:
                 metrics[f"{name}/lr"], metrics[f"{name}/grad_norm"] = self._lrs[name], norm
         first = self.task.optimizer_names[0]
         metrics["lr"] = self._lrs[first]
-        metrics["grad_norm"] = (window["norm"][first] / window["applied"]).item() if window["applied"] else float("nan")
-        metrics["samples_per_s"] = window["samples"] / elapsed
+        metrics["grad_norm"] = (window.norms[first] / window.applied).item() if window.applied else float("nan")
+        metrics["samples_per_s"] = window.samples / elapsed
         metrics["samples"] = float(self.samples)
         metrics["nonfinite_steps"] = float(self.nonfinite_total)
         metrics.update(self.counts)
-        metrics.update(window.get("evaluation", {}))
-        if window["flops"]:
+        metrics.update(window.evaluation)
+        if window.flops:
             metrics["flops"] = self.flops
-            metrics["flop_per_s"] = window["flops"] / elapsed
+            metrics["flop_per_s"] = window.flops / elapsed
         if not is_main_process():
             return
         with self.metrics_log.open("a") as log_file:
@@ -667,11 +695,6 @@ class Trainer:
         log.info("evaluation at step %d (%.1f s): %s", self.step, time.perf_counter() - start,
                  ", ".join(f"{name} {value:.4g}" for name, value in sorted(metrics.items())))
         return metrics
-
-    @staticmethod
-    def _new_window() -> dict[str, Any]:
-        return {"terms": {}, "steps": 0, "norm": {}, "applied": 0, "samples": 0, "flops": 0.0,
-                "start": time.perf_counter()}
 
     def _rewind_metrics_log(self) -> None:
         """Keep the records up to the current step: a killed run may have logged past its last
@@ -730,38 +753,38 @@ class Trainer:
         show_bar = is_main_process() and sys.stderr.isatty()
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not show_bar, dynamic_ncols=True)
         self._start_time, self._start_step = time.perf_counter(), self.step
-        window = self._new_window()
+        window = LogWindow()
         with bar:
             while self.step < self.total_steps:
-                terms, norms, applied, samples, flops = self._train_step()
-                self._count_nonfinite(applied, terms, norms)
+                result = self._train_step()
+                self._count_nonfinite(result)
                 self.step += 1
-                self.samples += samples
-                self.flops += flops
-                for name, value in terms.items():
+                self.samples += result.samples
+                self.flops += result.flops
+                for name, value in result.terms.items():
                     if name in self.counts:  # the same count on every rank, as samples assumes
                         self.counts[name] += float(value) * self.config.accumulation_steps * world_size()
                     else:
-                        window["terms"][name] = window["terms"].get(name, 0.0) + value
-                window["steps"] += 1
-                window["samples"] += samples
-                window["flops"] += flops
-                if applied:
-                    for name, norm in norms.items():
-                        window["norm"][name] = window["norm"].get(name, 0.0) + norm
-                    window["applied"] += 1
+                        window.terms[name] = window.terms.get(name, 0.0) + value
+                window.steps += 1
+                window.samples += result.samples
+                window.flops += result.flops
+                if result.applied:
+                    for name, norm in result.grad_norms.items():
+                        window.norms[name] = window.norms.get(name, 0.0) + norm
+                    window.applied += 1
                 bar.update(1)
                 every = self.config.evaluate_every
                 if every is not None and (self.step % every == 0 or self.step == self.total_steps):
                     started = time.perf_counter()
-                    window["evaluation"] = self._evaluate()
-                    window["start"] += time.perf_counter() - started  # not training throughput
+                    window.evaluation = self._evaluate()
+                    window.start += time.perf_counter() - started  # not training throughput
                 if self.step % self.config.log_every == 0 or self.step == self.total_steps:
                     self._emit(window, bar)
-                    window = self._new_window()
+                    window = LogWindow()
                 if self.step % self.config.checkpoint_every == 0 or self.step == self.total_steps:
                     self._save_checkpoint()
-                    window["start"] = time.perf_counter()  # saving time is not training throughput
+                    window.start = time.perf_counter()  # saving time is not training throughput
         if self.last_checkpoint is None:  # resumed from the final checkpoint: nothing left to do
             self.last_checkpoint = source
         return self.last_checkpoint
