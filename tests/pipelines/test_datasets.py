@@ -73,7 +73,7 @@ def test_a_node_fills_a_staged_folder_that_save_renames_into_place(tmp_path, mon
     assert list((tmp_path / "data/.staging").iterdir()) == []
 
 
-def test_a_resumable_staged_folder_keeps_a_failed_writer_s_files_for_the_next_run(tmp_path, monkeypatch):
+def test_a_resumable_staged_folder_keeps_its_files_for_the_next_run(tmp_path, monkeypatch):
     from vtp_kedro.datasets.folder import FolderDataset, write_now
 
     monkeypatch.chdir(tmp_path)
@@ -95,7 +95,10 @@ def test_a_resumable_staged_folder_keeps_a_failed_writer_s_files_for_the_next_ru
     done = tmp_path / "data/05_model_input/latents"
     assert (done / "a").read_text() == "a written by the first run"  # kept, not redone
     assert (done / "b").read_text() == "b written by the second run"
-    assert not staged.path.exists()
+    # the staged folder stays, hard-linked into place (no extra space), for a rerun to skip its work
+    assert (staged.path / "a").stat().st_ino == (done / "a").stat().st_ino
+    write_now(writer(fail=False), "latents", resume=True)  # nothing left to write
+    assert (staged.path / "b").read_text() == "b written by the second run"
     scratch = write_now(lambda folder: (folder / "x").write_text("x"), "filtered", staging_dir=tmp_path / "shared")
     assert scratch.path.resolve().parent == (tmp_path / "shared").resolve()
 

@@ -22,9 +22,12 @@ STAGING_DIR = Path("data") / ".staging"  # under the project root, where Kedro r
 
 @dataclass(frozen=True)
 class StagedFolder:
-    """A folder that a node has already filled, for ``FolderDataset.save`` to move into place."""
+    """A folder that a node has already filled, for ``FolderDataset.save`` to put in place: moved,
+    or with ``keep`` hard-linked (no extra space) and left where it is, for the next run's writer
+    to skip what it finished."""
 
     path: Path
+    keep: bool = False
 
 
 def write_now(writer: FolderWriter, name: str, *, resume: bool = False,
@@ -34,8 +37,10 @@ def write_now(writer: FolderWriter, name: str, *, resume: bool = False,
     dataset saves). ``FolderDataset.save`` then renames the folder onto its path.
 
     By default the folder is fresh (``<name>.<random>``) and a failed writer leaves nothing
-    behind. With ``resume`` it is ``<name>`` itself and a failed writer's files stay, for the next
-    run's writer to pick up (a writer that skips what it finished, as the latent extraction does);
+    behind. With ``resume`` it is ``<name>`` itself and it stays, after a failure and after the
+    save alike (the save hard-links its files into place), for the next run's writer to pick up: a
+    writer that skips what it finished, as the latent extraction does, neither redoes a killed
+    run's work nor a finished run's;
     a different ``staging_dir`` is for writers whose workers run on other machines (a shared
     file system)."""
     root = Path(staging_dir) if staging_dir is not None else STAGING_DIR
@@ -44,7 +49,7 @@ def write_now(writer: FolderWriter, name: str, *, resume: bool = False,
         folder = Path(project_relative(root / name))
         folder.mkdir(exist_ok=True)
         writer(folder)
-        return StagedFolder(folder)
+        return StagedFolder(folder, keep=True)
     # project-relative like every path a run records (mkdtemp returns an absolute path from Python 3.12 on)
     folder = Path(project_relative(tempfile.mkdtemp(prefix=f"{name}.", dir=root)))
     try:
@@ -64,6 +69,16 @@ def _move(source: Path, target: Path) -> None:
             raise
         shutil.copytree(source, target)
         shutil.rmtree(source)
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    """A hard link (the same bytes, no extra space); a copy across file systems."""
+    try:
+        os.link(source, target)
+    except OSError as error:
+        if error.errno != errno.EXDEV:
+            raise
+        shutil.copy2(source, target)
 
 
 class FolderDataset(AbstractDataset[StagedFolder, Path | str]):
@@ -96,9 +111,9 @@ class FolderDataset(AbstractDataset[StagedFolder, Path | str]):
                 f"FolderDataset '{self._path}' saves a folder a node has filled (StagedFolder, from "
                 f"vtp_kedro.datasets.folder.write_now), got {type(data).__name__}"
             )
-        self._save_staged(data.path)
+        self._save_staged(data.path, data.keep)
 
-    def _save_staged(self, staged: Path) -> None:
+    def _save_staged(self, staged: Path, keep: bool) -> None:
         if isinstance(self._path, str):  # a URL: upload the files, then drop the local copy
             fs, path = fsspec.core.url_to_fs(self._path)
             # Top-level files last: a writer's report or record (the filter's report, the latents'
@@ -107,10 +122,14 @@ class FolderDataset(AbstractDataset[StagedFolder, Path | str]):
                            key=lambda f: (f.parent == staged, f.relative_to(staged).as_posix()))
             for file in files:
                 fs.put_file(str(file), f"{path.rstrip('/')}/{file.relative_to(staged).as_posix()}")
-            shutil.rmtree(staged)
+            if not keep:
+                shutil.rmtree(staged)
             return
         with atomic_path(self._path) as tmp:
-            _move(staged, tmp)
+            if keep:
+                shutil.copytree(staged, tmp, copy_function=_link_or_copy)
+            else:
+                _move(staged, tmp)
 
     def _exists(self) -> bool:
         if isinstance(self._path, str):

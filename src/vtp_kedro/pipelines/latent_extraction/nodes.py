@@ -37,8 +37,9 @@ def encode_labelled_images(gan_tokenizer: Path, raw_labelled_images: Path,
                            params: LatentExtractionParams) -> StagedFolder:
     """Encode the labelled images into a latent folder that the catalog's save moves into place.
 
-    The folder is staged at a fixed place (``data/.staging/latents``) and finished shards are
-    kept there, so a killed extraction resumes where it stopped."""
+    The folder is staged at a fixed place (``data/.staging/latents``) and its finished shards stay
+    there (the save hard-links them into place), so a killed extraction resumes where it stopped
+    and a rerun with the same tokenizer, images and settings encodes nothing."""
     tokenizer_path = Path(params.tokenizer or gan_tokenizer)
     image_root = Path(params.image_root or raw_labelled_images)
     tokenizer = load_tokenizer(tokenizer_path, "cpu")  # a wrong folder fails now, before any process starts
