@@ -128,3 +128,16 @@ def test_wrong_weights_file_is_named(tmp_path, monkeypatch):
 def test_config_rejects_unknown_backbone():
     with pytest.raises(ValueError, match="perceptual_backbone"):
         ReconstructionLossConfig(perceptual_backbone="alex")
+
+
+def test_the_random_vgg_lpips_is_one_network_whatever_ran_before_it():
+    from vtp_kedro.vtp.losses.reconstruction import build_lpips
+
+    torch.manual_seed(1)
+    before = torch.random.get_rng_state()
+    first = build_lpips("random")
+    assert torch.equal(torch.random.get_rng_state(), before)  # the caller's generator is left as it was
+    torch.manual_seed(2)
+    torch.rand(100)
+    second = build_lpips("random")
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))

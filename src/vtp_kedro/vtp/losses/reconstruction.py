@@ -68,9 +68,12 @@ def build_lpips(backbone: Literal["vgg", "random"], weights_dir: str | None = No
     trunk and, for ``backbone="vgg"``, the ImageNet weights are loaded from the resolved file.
     """
     path = resolve_weights(VGG16_WEIGHTS, weights_dir) if backbone == "vgg" else None
-    with warnings.catch_warnings():
+    # The random trunk comes from a fixed seed, and the caller's generators are left as they were:
+    # a random-VGG LPIPS is then one network in every process, whatever ran before it there.
+    with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
         # lpips still passes torchvision's deprecated ``pretrained=`` argument.
         warnings.filterwarnings("ignore", category=UserWarning, module="torchvision.models._utils")
+        torch.manual_seed(0)
         model = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False)
     if path is not None:
         try:
