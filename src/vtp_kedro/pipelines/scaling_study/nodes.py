@@ -175,16 +175,16 @@ def run_scaling_study(plan: ScalingPlan, catalog_config: dict[str, Any], filtere
         digests = {"shards": shards_digest(expand_urls(shards), cache), "labelled_images": labelled,
                    "reference_classifier": classifier}
         cache.save()
-        fingerprint = planned.fingerprint(digests)
+        point_key = planned.fingerprint(digests)
         point_dir = points_dir / planned.point.name
         catalog = point_catalog(catalog_config, point_pipeline(), point_dir, planned.params, data_dir)
-        record = read_point_record(point_dir, fingerprint)
+        record = read_point_record(point_dir, point_key)
         if record is not None:
             log.info("scaling study point %d/%d %s: finished, not rerun", index, len(plan.points), planned.point.name)
             run_id = record["mlflow_run_id"]
         else:
             log.info("scaling study point %d/%d %s: running", index, len(plan.points), planned.point.name)
-            run_id = run_point(planned, catalog, point_dir, fingerprint)
+            run_id = run_point(planned, catalog, point_dir, point_key)
         rows.append(point_row(planned, catalog, run_id))
     return pd.DataFrame(rows, columns=list(scaling.RESULT_COLUMNS))
 
