@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from summary import record_target  # benchmarks/summary.py: the row run_all.py gathers
+
 from vtp_kedro.vtp.curation.filters import FilterRules, filter_shards
 from vtp_kedro.vtp.synthetic.generator import SyntheticConfig, write_captioned_shards
 

@@ -23,15 +23,20 @@ from pathlib import Path
 
 import torch
 import yaml
+from summary import record_target  # benchmarks/summary.py: the row run_all.py gathers
 
-from vtp_kedro.vtp.synthetic.generator import SyntheticConfig, write_captioned_shards
-from vtp_kedro.vtp.losses.gan import adaptive_weight, generator_adversarial_loss, hinge_d_loss
-from vtp_kedro.vtp.stages.decoder_gan import DecoderGANConfig, DecoderGANModel
-from vtp_kedro.vtp.models.tokenizer import TokenizerConfig
-from vtp_kedro.vtp.stages.decoder_gan import DecoderGANTask, DecoderGANTaskConfig, build_task
 from vtp_kedro.vtp.engine.optim import OptimizerConfig
 from vtp_kedro.vtp.engine.trainer import METRICS_LOG, Trainer, TrainerConfig
-from summary import record_target  # benchmarks/summary.py: the row run_all.py gathers
+from vtp_kedro.vtp.losses.gan import adaptive_weight, generator_adversarial_loss, hinge_d_loss
+from vtp_kedro.vtp.models.tokenizer import TokenizerConfig
+from vtp_kedro.vtp.stages.decoder_gan import (
+    DecoderGANConfig,
+    DecoderGANModel,
+    DecoderGANTask,
+    DecoderGANTaskConfig,
+    build_task,
+)
+from vtp_kedro.vtp.synthetic.generator import SyntheticConfig, write_captioned_shards
 
 CONF = Path(__file__).resolve().parents[1] / "conf/base"
 
@@ -114,9 +119,8 @@ def main() -> None:
         raw = {"model": model_config.model_dump(mode="json"),
                "data": {"shards": str(shards), "image_size": size, "batch_size": batch, "captions": False,
                         "num_workers": 2, "shuffle_buffer": 256}}
-        DecoderGANTaskConfig.model_validate(raw)
         torch.manual_seed(0)
-        trainer_task, data = build_task({"task": raw})
+        trainer_task, data = build_task(DecoderGANTaskConfig.model_validate(raw))
         trainer_task.model.to(device)
         config = TrainerConfig.model_validate({
             "budget": {"unit": "steps", "value": args.steps + 2}, "device": args.device, "log_every": 1,

@@ -21,8 +21,8 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
-
 from summary import record_target  # benchmarks/summary.py: the row run_all.py gathers
+
 from vtp_kedro.vtp.curation.dedup import DedupLayout, deduplicate, pigeonhole_bands, write_partitions
 from vtp_kedro.vtp.curation.executors import ProcessExecutor
 

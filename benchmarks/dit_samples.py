@@ -27,12 +27,12 @@ import time
 from pathlib import Path
 
 import torch
+from summary import record_target  # benchmarks/summary.py: the row run_all.py gathers
 
 from vtp_kedro.vtp.data.imagefolder import LabelledSplit, load_labelled_split
-from vtp_kedro.vtp.metrics.reference import cnn_accuracy, train_cnn
 from vtp_kedro.vtp.inference import Tokenizer, load_tokenizer
 from vtp_kedro.vtp.launch.sample_dit import read_samples
-from summary import record_target  # benchmarks/summary.py: the row run_all.py gathers
+from vtp_kedro.vtp.metrics.reference import cnn_accuracy, train_cnn
 
 ROOT = Path(__file__).resolve().parents[1]
 

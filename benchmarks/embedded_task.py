@@ -35,16 +35,15 @@ from pathlib import Path
 
 import torch
 import yaml
+from summary import record_target  # benchmarks/summary.py: the row run_all.py gathers
 
 from vtp_kedro.vtp.data.imagefolder import LabelledSplit, load_labelled_split
-from vtp_kedro.vtp.metrics.reference import cnn_accuracy, train_cnn
-from vtp_kedro.vtp.metrics.understanding import pixel_features
-from vtp_kedro.vtp.synthetic.calibration import coarsened
-from vtp_kedro.vtp.synthetic.generator import SyntheticConfig, write_labelled_folder
 from vtp_kedro.vtp.data.preprocess import normalize
 from vtp_kedro.vtp.inference import Tokenizer, load_tokenizer
-from vtp_kedro.vtp.metrics.understanding import knn_accuracy, linear_probe
-from summary import record_target  # benchmarks/summary.py: the row run_all.py gathers
+from vtp_kedro.vtp.metrics.reference import cnn_accuracy, train_cnn
+from vtp_kedro.vtp.metrics.understanding import knn_accuracy, linear_probe, pixel_features
+from vtp_kedro.vtp.synthetic.calibration import coarsened
+from vtp_kedro.vtp.synthetic.generator import SyntheticConfig, write_labelled_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_PARAMS = ROOT / "conf/base/parameters_data_generation.yml"

@@ -68,20 +68,29 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 import torch  # noqa: E402
 
-# Only the model library here: the resume check's training process imports this module for its task
-# factory, and Kedro (imported where the configs are read) would add seconds to its start.
-from vtp_kedro.vtp.synthetic.generator import SyntheticConfig, write_captioned_shards  # noqa: E402
-from vtp_kedro.vtp.inference import Tokenizer  # noqa: E402
-from vtp_kedro.vtp.models.dit import dit_forward_flops  # noqa: E402
-from vtp_kedro.vtp.models.vit import VIT_PRESETS  # noqa: E402
-from vtp_kedro.vtp.stages.tokenizer_pretraining import VTPConfig, VTPModel  # noqa: E402
-from vtp_kedro.vtp.sampling import SamplerConfig  # noqa: E402
 from vtp_kedro.vtp.engine import checkpoint as ckpt  # noqa: E402
-from vtp_kedro.vtp.stages.dit import DiTTask, DiTTrainingConfig, FlowDiT  # noqa: E402
-from vtp_kedro.vtp.launch.launcher import LauncherConfig, launch  # noqa: E402
 from vtp_kedro.vtp.engine.optim import OptimizerConfig  # noqa: E402
-from vtp_kedro.vtp.stages.tokenizer_pretraining import VTPTask, build_task  # noqa: E402
 from vtp_kedro.vtp.engine.trainer import METRICS_LOG, Trainer, TrainerConfig  # noqa: E402
+from vtp_kedro.vtp.inference import Tokenizer  # noqa: E402
+from vtp_kedro.vtp.launch.launcher import LauncherConfig, launch  # noqa: E402
+from vtp_kedro.vtp.models.dit import DiTArchitecture, dit_forward_flops  # noqa: E402
+from vtp_kedro.vtp.models.vit import VIT_PRESETS  # noqa: E402
+from vtp_kedro.vtp.sampling import SamplerConfig  # noqa: E402
+from vtp_kedro.vtp.stages import Stage  # noqa: E402
+from vtp_kedro.vtp.stages.dit import DiTTask, DiTTrainingConfig, FlowDiT  # noqa: E402
+from vtp_kedro.vtp.stages.registry import register_stage  # noqa: E402
+from vtp_kedro.vtp.stages.tokenizer_pretraining import (  # noqa: E402
+    TokenizerPretrainingConfig,
+    VTPConfig,
+    VTPModel,
+    VTPTask,
+    build_task,
+)
+
+from vtp_kedro.vtp.synthetic.generator import SyntheticConfig, write_captioned_shards  # noqa: E402
+
+# Only the model library above: the resume check's training process imports this module for its
+# stage (gpu_check_slow), and Kedro (imported where the configs are read) would add seconds to its start.
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -156,12 +165,10 @@ def small_tokenizer_model(paper: dict) -> dict:
 
 def dit_training_config(paper: dict, preset: str, channels: int, side: int, batch: int) -> DiTTrainingConfig:
     """conf/paper's dit_training task with the DiT size ``preset`` on (channels, side, side) latents."""
-    from vtp_kedro.pipelines.dit_training.nodes import DiTArchitecture
-
     params = paper["dit_training"]
     architecture = DiTArchitecture.model_validate({**params["model"], "preset": preset})
     return DiTTrainingConfig.model_validate({
-        "model": architecture.dit_config(channels, side, 1000).model_dump(), "flow": params["flow"],
+        "model": architecture.for_latents(channels, side, 1000).model_dump(), "flow": params["flow"],
         "data": {"latents": "(random latents)", "batch_size": batch},
         **{k: params[k] for k in ("class_dropout", "latent_multiplier", "ema_decay")}})
 
@@ -498,12 +505,19 @@ class SlowStream:
         self.stream.load_state_dict(state)
 
 
-def build_slow_task(raw: dict[str, Any]) -> tuple[VTPTask, SlowStream]:
-    """Task factory of the resume check (``gpu_check:build_slow_task``): the tokenizer task, slowed data."""
-    settings = dict(raw["task"])
-    delay_s, gate = settings.pop("delay_s"), settings.pop("gate", None)
-    task, data = build_task({**raw, "task": settings})
-    return task, SlowStream(data, delay_s, gate)
+class SlowTaskConfig(TokenizerPretrainingConfig):
+    delay_s: float = Field(ge=0)
+    gate: str | None = None
+
+
+def build_slow_task(config: SlowTaskConfig) -> tuple[VTPTask, SlowStream]:
+    """The resume check's stage (``gpu_check_slow``): the tokenizer task, slowed data."""
+    task, data = build_task(TokenizerPretrainingConfig(**config.model_dump(exclude={"delay_s", "gate"})))
+    return task, SlowStream(data, config.delay_s, config.gate)
+
+
+# Registered on import: the killed run's process imports this module (its config's ``imports``).
+register_stage(Stage("gpu_check_slow", SlowTaskConfig, build_slow_task))
 
 
 def check_result(ok: bool, **detail: Any) -> dict[str, Any]:
@@ -570,8 +584,8 @@ def start_killed_run(run: Run, scratch: Path, task: dict, precision: str) -> dic
         configs[name] = folder / name / "config.json"
         configs[name].parent.mkdir(parents=True, exist_ok=True)
         settings = {**task, "delay_s": 0.05, **({"gate": str(gate)} if name == "killed" else {})}
-        configs[name].write_text(json.dumps({"trainer": trainer, "task_factory": "gpu_check:build_slow_task",
-                                             "task": settings}))
+        configs[name].write_text(json.dumps({"job": "train", "trainer": trainer, "stage": "gpu_check_slow",
+                                             "imports": ["gpu_check"], "task": settings}))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     process = subprocess.Popen([sys.executable, "-m", "vtp_kedro.vtp.launch", "--config", str(configs["killed"])],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env)
@@ -627,7 +641,7 @@ def check_fsdp(run: Run, scratch: Path, task: dict) -> dict[str, Any]:
             "budget": {"unit": "steps", "value": 2}, "optimizer": {"lr": 1e-3, "warmup_steps": 0},
             "log_every": 1, "checkpoint_every": 2, "device": run.device.type, "parallel": "fsdp", "compile": False})
         torch.manual_seed(0)
-        model_task, data = build_task({"task": task})
+        model_task, data = build_task(TokenizerPretrainingConfig.model_validate(task))
         trainer = Trainer(trainer_config, model_task, data, folder / "run")
         final = trainer.fit()
         sharded = isinstance(trainer.module, FSDPModule)
@@ -687,8 +701,8 @@ def checks_section(run: Run) -> dict[str, Any]:
 def chain_section(run: Run) -> dict[str, Any]:
     """``kedro run --env gpu`` in a scratch copy of the project; its wall time and evaluation metrics."""
     if run.dry:
-        from vtp_kedro.pipelines.tokenizer_pretraining.nodes import TokenizerPretrainingParams
         from vtp_kedro.pipelines.dit_training.nodes import DiTTrainingParams
+        from vtp_kedro.pipelines.tokenizer_pretraining.nodes import TokenizerPretrainingParams
 
         gpu = env_parameters("gpu")
         TokenizerPretrainingParams.model_validate(gpu["tokenizer_pretraining"])

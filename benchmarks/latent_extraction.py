@@ -25,7 +25,7 @@ with random weights, which encode as fast as trained ones, or ``--tokenizer`` (a
 
 (c) ``LatentDataStream`` batches/s with conf/base's ``dit_training.data`` (batch 64, flips
     on, shuffled), against
-(d) the batches/s a DiT consumes: conf/base's ``dit_training`` task (``dit_training.build_task``:
+(d) the batches/s a DiT consumes: conf/base's ``dit_training`` task (``DiTTrainingParams.task_config``, ``stages.dit.build_task``:
     LightningDiT on the tokenizer's latent shape, normalisation, label dropout, flow matching)
     stepped bare on one batch of (c): forward, backward, AdamW, EMA update; no trainer.
     ``--dit-preset`` swaps in a preset's width, depth and heads.
@@ -48,8 +48,9 @@ from pathlib import Path
 
 import torch
 import yaml
+from summary import record_target  # benchmarks/summary.py: the row run_all.py gathers
 
-from vtp_kedro.pipelines.dit_training.nodes import DiTArchitecture
+from vtp_kedro.pipelines.dit_training.nodes import DiTTrainingParams
 from vtp_kedro.vtp.data.imagefolder import LabelledImageFolder, center_crop_arr, decode_image_file
 from vtp_kedro.vtp.data.latents import (
     CLASSES_FILE,
@@ -57,13 +58,12 @@ from vtp_kedro.vtp.data.latents import (
     LatentExtractionConfig,
     extract_latents,
 )
-from vtp_kedro.vtp.synthetic.generator import SyntheticConfig, write_labelled_folder
+from vtp_kedro.vtp.engine.optim import OptimizerConfig, build_adamw
 from vtp_kedro.vtp.inference import Tokenizer, load_tokenizer
 from vtp_kedro.vtp.models.dit import DIT_PRESETS
 from vtp_kedro.vtp.models.tokenizer import TokenizerConfig
 from vtp_kedro.vtp.stages.dit import DiTTask, build_task
-from vtp_kedro.vtp.engine.optim import OptimizerConfig, build_adamw
-from summary import record_target  # benchmarks/summary.py: the row run_all.py gathers
+from vtp_kedro.vtp.synthetic.generator import SyntheticConfig, write_labelled_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_PARAMS = ROOT / "conf/base/parameters_data_generation.yml"
@@ -132,16 +132,12 @@ def stream_batches_per_second(stream: LatentDataStream, batches: int) -> float:
 
 def dit_task(latent_dir: Path, preset: str | None) -> tuple[DiTTask, LatentDataStream, OptimizerConfig]:
     """conf/base's DiT task and latent stream on ``latent_dir``, as the dit_training pipeline builds them."""
-    params = yaml.safe_load(DIT_PARAMS.read_text())["dit_training"]
+    raw = yaml.safe_load(DIT_PARAMS.read_text())["dit_training"]
+    params = DiTTrainingParams.model_validate({**raw, "model": {**raw["model"], **({"preset": preset} if preset else {})}})
     record = json.loads((latent_dir / CLASSES_FILE).read_text())
-    channels, side, _ = record["latent_shape"]
-    architecture = DiTArchitecture.model_validate({**params["model"], **({"preset": preset} if preset else {})})
-    model = architecture.dit_config(channels, side, len(record["classes"])).model_dump()
-    task = {"model": model, "flow": params["flow"], "data": {**params["data"], "latents": str(latent_dir)},
-            **{k: params[k] for k in ("class_dropout", "latent_multiplier", "ema_decay", "seed")}}
     torch.manual_seed(0)
-    dit, stream = build_task({"task": task})
-    return dit, stream, OptimizerConfig.model_validate(params["trainer"]["optimizer"])
+    dit, stream = build_task(params.task_config(latent_dir, record))
+    return dit, stream, params.trainer.optimizer
 
 
 def dit_step_seconds(task: DiTTask, optimizer_config: OptimizerConfig, batch: dict, steps: int,

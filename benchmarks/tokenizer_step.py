@@ -22,16 +22,15 @@ from pathlib import Path
 
 import torch
 import yaml
+from summary import record_target  # benchmarks/summary.py: the row run_all.py gathers
 
 from vtp_kedro.vtp.data.loader import PretrainDataConfig, PretrainDataStream
-from vtp_kedro.vtp.synthetic.generator import SyntheticConfig, write_captioned_shards
-from vtp_kedro.vtp.models.vit import VIT_PRESETS
-from vtp_kedro.vtp.stages.tokenizer_pretraining import VTPConfig, VTPModel
-from vtp_kedro.vtp.stages.flops import training_step_flops
 from vtp_kedro.vtp.engine.optim import build_adamw
-from vtp_kedro.vtp.stages.tokenizer_pretraining import VTPTask
 from vtp_kedro.vtp.engine.trainer import METRICS_LOG, Trainer, TrainerConfig
-from summary import record_target  # benchmarks/summary.py: the row run_all.py gathers
+from vtp_kedro.vtp.models.vit import VIT_PRESETS
+from vtp_kedro.vtp.stages.flops import training_step_flops
+from vtp_kedro.vtp.stages.tokenizer_pretraining import VTPConfig, VTPModel, VTPTask
+from vtp_kedro.vtp.synthetic.generator import SyntheticConfig, write_captioned_shards
 
 BASE = Path(__file__).resolve().parents[1] / "conf/base/parameters_tokenizer_pretraining.yml"
 

@@ -43,7 +43,7 @@ def test_parameters_validate(env: str) -> None:
 def test_paper_dit_is_xl_1_on_imagenet_recipe() -> None:
     parameters = parameters_of("paper")
     dit = DiTTrainingParams.model_validate(parameters["dit_training"])
-    model = dit.model.dit_config(in_channels=64, input_size=16, num_classes=1000)
+    model = dit.model.for_latents(in_channels=64, input_size=16, num_classes=1000)
     assert (model.depth, model.width, model.heads, model.patch_size) == (28, 1152, 16, 1)
     assert dit.trainer.budget.value == 100_000 and dit.data.batch_size * dit.launcher.nproc_per_node == 1024
     assert dit.sampling.num_samples == 50_000 and dit.sampling.num_steps == 250

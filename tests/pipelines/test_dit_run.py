@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 from mlflow.tracking import MlflowClient
+from PIL import Image
 
 from tests.pipelines.conftest import REPO, copy_project, kedro, project_env
 from vtp_kedro.vtp.metrics.report import merge_report

@@ -5,8 +5,8 @@ stage imports but does not list would let a changed model or loss keep stale out
 imports are followed statically (``ast``) from the stage's pipeline package and from the
 project files Kedro itself loads for every run (``settings.py`` and the hooks), through every
 ``vtp_kedro`` module they reach, including the packages' ``__init__.py`` files that Python runs
-on the way and the modules named in strings as ``"package.module:function"`` (the task
-factories the launcher imports in the training processes). A package that exports names lazily
+on the way and the modules named in strings (``launcher.ENTRY_POINT``, the module its processes
+run with ``python -m``, whose ``__main__`` counts too). A package that exports names lazily
 (a module ``__getattr__``, with the real imports under ``if TYPE_CHECKING:``) costs only what its
 importers take from it: ``from vtp_kedro.datasets import FolderDataset`` reaches ``folder.py``
 and not ``checkpoint.py``.
@@ -26,7 +26,7 @@ SRC = ROOT / "src"
 PACKAGE = "vtp_kedro"
 # What `kedro run` imports for every pipeline, whichever one runs.
 FRAMEWORK_FILES = ("src/vtp_kedro/settings.py",)
-FACTORY = re.compile(rf"^({PACKAGE}(?:\.\w+)+):\w+$")
+MODULE_STRING = re.compile(rf"^{PACKAGE}(?:\.\w+)+$")
 
 
 def module_file(module: str) -> Path | None:
@@ -85,7 +85,7 @@ def lazy_exports(module: str) -> dict[str, str]:
 
 
 def imported_modules(path: Path) -> set[str]:
-    """The ``vtp_kedro`` modules a file imports (absolute, relative, or by factory string)."""
+    """The ``vtp_kedro`` modules a file imports (absolute, relative, or named in a string it runs)."""
     found: set[str] = set()
     for node in walk_executed(ast.parse(path.read_text(), filename=str(path)), path):
         if isinstance(node, ast.Import):
@@ -96,10 +96,11 @@ def imported_modules(path: Path) -> set[str]:
             exports = lazy_exports(module)
             # `from pkg import name` imports the submodule pkg.name, or the module a lazy pkg maps it to.
             found.update(exports.get(alias.name, f"{module}.{alias.name}") for alias in node.names)
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
-            match = FACTORY.match(node.value)
-            if match:
-                found.add(match.group(1))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and MODULE_STRING.match(node.value):
+            if module_file(node.value) is not None:
+                found.add(node.value)
+            if module_file(f"{node.value}.__main__") is not None:
+                found.add(f"{node.value}.__main__")
     return {m for m in found if m.split(".")[0] == PACKAGE}
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from vtp_kedro.pipelines.evaluation.nodes import EvaluationParams, fit_reference_classifier
-from vtp_kedro.vtp.metrics.fidelity import INCEPTION_WEIGHTS
 from vtp_kedro.vtp.core.weights import WeightsNotFoundError
+from vtp_kedro.vtp.metrics.fidelity import INCEPTION_WEIGHTS
 
 
 def test_inception_without_its_weights_fails_at_the_first_node(tmp_path, monkeypatch):

@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from vtp_kedro.vtp import load_tokenizer
-from vtp_kedro.vtp.synthetic.generator import SyntheticConfig, write_captioned_shards
+from vtp_kedro.vtp.engine import checkpoint as ckpt
+from vtp_kedro.vtp.engine.trainer import Trainer, TrainerConfig
 from vtp_kedro.vtp.inference import save_tokenizer
 from vtp_kedro.vtp.models.tokenizer import TokenizerConfig, VisualTokenizer
 from vtp_kedro.vtp.models.vit import vit_config
-from vtp_kedro.vtp.engine import checkpoint as ckpt
 from vtp_kedro.vtp.stages.decoder_gan import DecoderGANTaskConfig, build_task
-from vtp_kedro.vtp.engine.trainer import Trainer, TrainerConfig
+from vtp_kedro.vtp.synthetic.generator import SyntheticConfig, write_captioned_shards
 
 TOKENIZER = TokenizerConfig(encoder=vit_config("tiny", width=64, heads=1, depth=2, patch_size=4, image_size=32),
                             latent_dim=8, decoder_width=64, decoder_depth=1, decoder_heads=1)
@@ -49,7 +49,7 @@ def trainer_config(inputs, steps: int = 5, **overrides) -> TrainerConfig:
 
 def fit(run_dir: Path, inputs, config: TrainerConfig | None = None, crash_at: int | None = None, **gan) -> Trainer:
     torch.manual_seed(0)
-    task, data = build_task({"task": task_config(inputs, **gan)})
+    task, data = build_task(DecoderGANTaskConfig.model_validate(task_config(inputs, **gan)))
     if crash_at is not None:
         step_fn = task.training_step
 
@@ -108,8 +108,8 @@ def test_the_stage_resumes_bit_identically_after_a_kill(inputs, tmp_path):
 
 
 def test_vit_heads_discriminator_reads_the_shared_frozen_encoder(inputs, tmp_path):
-    task, _ = build_task({"task": {**task_config(inputs), "model": {
-        **task_config(inputs)["model"], "discriminator": {"kind": "vit_heads", "block_indices": [0, 1]}}}})
+    task, _ = build_task(DecoderGANTaskConfig.model_validate({**task_config(inputs), "model": {
+        **task_config(inputs)["model"], "discriminator": {"kind": "vit_heads", "block_indices": [0, 1]}}}))
     model = task.model
     assert model.discriminator.trunk is model.tokenizer.encoder
     trainable = {n for group in task.configure_optimizers(trainer_config(inputs).optimizer_configs(

@@ -3,10 +3,9 @@ import torch
 
 from vtp_kedro.vtp.data.imagefolder import load_labelled_split
 from vtp_kedro.vtp.metrics.reference import SmallCNN, cnn_accuracy, train_cnn
-from vtp_kedro.vtp.metrics.understanding import pixel_features
+from vtp_kedro.vtp.metrics.understanding import linear_probe, pixel_features
 from vtp_kedro.vtp.synthetic.calibration import coarsened, render_labelled_split
 from vtp_kedro.vtp.synthetic.generator import SHAPES, SyntheticConfig, write_labelled_folder
-from vtp_kedro.vtp.metrics.understanding import linear_probe
 
 
 def test_rendered_split_equals_the_written_folder(tmp_path):

@@ -442,7 +442,12 @@ def test_filtering_catches_every_defect_the_generator_plants(tmp_path) -> None:
     import collections
     import json
 
-    from vtp_kedro.vtp.synthetic.generator import DEFECTS, SyntheticConfig, iter_captioned_samples, write_captioned_shards
+    from vtp_kedro.vtp.synthetic.generator import (
+        DEFECTS,
+        SyntheticConfig,
+        iter_captioned_samples,
+        write_captioned_shards,
+    )
 
     config = SyntheticConfig()
     planted = collections.Counter(json.loads(s["json"]).get("defect") for s in iter_captioned_samples(config, 300, defect_fraction=0.3))

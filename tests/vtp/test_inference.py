@@ -10,10 +10,10 @@ import torch
 
 from vtp_kedro.vtp import Tokenizer, load_tokenizer
 from vtp_kedro.vtp.data.preprocess import denormalize, normalize
+from vtp_kedro.vtp.engine import checkpoint as ckpt
 from vtp_kedro.vtp.inference import save_tokenizer, tokenizer_state
 from vtp_kedro.vtp.models.tokenizer import TokenizerConfig, VisualTokenizer
 from vtp_kedro.vtp.models.vit import vit_config
-from vtp_kedro.vtp.engine import checkpoint as ckpt
 
 CONFIG = TokenizerConfig(encoder=vit_config("tiny", patch_size=4, image_size=32, depth=1), latent_dim=8,
                          decoder_width=64, decoder_depth=1, decoder_heads=1)

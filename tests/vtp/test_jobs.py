@@ -17,16 +17,16 @@ import pytest
 import torch
 
 from tests.vtp.conftest import CLASSES
+from vtp_kedro.vtp.core.progress import Progress
+from vtp_kedro.vtp.core.tensors import save_tensors
 from vtp_kedro.vtp.data.latents import LatentDataConfig, LatentExtractionConfig, load_latent_stats
 from vtp_kedro.vtp.inference import Tokenizer, save_tokenizer
 from vtp_kedro.vtp.launch import extract_latents as extraction
 from vtp_kedro.vtp.launch import sample_dit as sampling
-from vtp_kedro.vtp.models.dit import DiTConfig
-from vtp_kedro.vtp.core.progress import Progress
-from vtp_kedro.vtp.sampling import SampleSetConfig, initial_noise
-from vtp_kedro.vtp.core.tensors import save_tensors
-from vtp_kedro.vtp.stages.dit import DiTTrainingConfig, FlowDiT
 from vtp_kedro.vtp.launch.launcher import LauncherConfig, launch_job
+from vtp_kedro.vtp.models.dit import DiTConfig
+from vtp_kedro.vtp.sampling import SampleSetConfig, initial_noise
+from vtp_kedro.vtp.stages.dit import DiTTrainingConfig, FlowDiT
 
 REPO = Path(__file__).resolve().parents[2]
 TWO_RANKS = LauncherConfig(kind="torchrun", nproc_per_node=2)
@@ -130,10 +130,12 @@ def test_sampling_on_two_ranks_equals_one(latents, tokenizer_folder, tmp_path, c
     assert not list((tmp_path / "two.job").glob("samples_rank*.npz"))  # the parts are merged and removed
 
 
-def test_a_training_command_template_cannot_start_another_job(tokenizer_folder, image_root, tmp_path) -> None:
+@pytest.mark.slow
+def test_the_training_command_template_runs_every_job(tokenizer_folder, image_root, tmp_path, child_env) -> None:
     launcher = LauncherConfig(kind="command", command="{python} -m vtp_kedro.vtp.launch --config {config}")
-    with pytest.raises(ValueError, match=r"-m \{module\}"):
-        extract(tokenizer_folder, image_root, tmp_path / "latents", launcher)
+    extract(tokenizer_folder, image_root, tmp_path / "by_command", launcher)
+    extract(tokenizer_folder, image_root, tmp_path / "inprocess", LauncherConfig())
+    assert digests(tmp_path / "by_command") == digests(tmp_path / "inprocess")
 
 
 def test_progress_logs_plain_lines_off_a_terminal(caplog) -> None:

@@ -11,9 +11,9 @@ import pydantic
 import pytest
 import torch
 
+from vtp_kedro.vtp.core.tensors import save_tensors
 from vtp_kedro.vtp.data import latents as latents_module
 from vtp_kedro.vtp.data.latents import LatentDataConfig, LatentDataStream
-from vtp_kedro.vtp.core.tensors import save_tensors
 
 SHARD_ROWS = (7, 5, 9)  # uneven on purpose: batches span shards, ranks get different row counts
 ALL_ITEMS = {100 * s + r for s, rows in enumerate(SHARD_ROWS) for r in range(rows)}

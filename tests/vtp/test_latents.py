@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.vtp.conftest import CLASSES
 from vtp_kedro.vtp.data.imagefolder import center_crop_arr
 from vtp_kedro.vtp.data.latents import (
     LatentExtractionConfig,
@@ -19,8 +20,6 @@ from vtp_kedro.vtp.data.latents import (
     latent_stats,
     load_latent_stats,
 )
-
-from tests.vtp.conftest import CLASSES
 
 
 def config(**overrides) -> LatentExtractionConfig:

@@ -16,9 +16,9 @@ from PIL import Image
 
 from vtp_kedro.vtp.data import loader
 from vtp_kedro.vtp.data.loader import PretrainDataConfig, PretrainDataStream
+from vtp_kedro.vtp.data.preprocess import normalize, tokenize
 from vtp_kedro.vtp.data.shards import expand_urls, iter_shard_samples, write_shard
 from vtp_kedro.vtp.synthetic.generator import SyntheticConfig, write_captioned_shards
-from vtp_kedro.vtp.data.preprocess import normalize, tokenize
 
 SHARDS = 8
 PER_SHARD = 16

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torchvision.models.vgg import cfgs, make_layers
 
-from vtp_kedro.vtp.losses.reconstruction import VGG16_WEIGHTS, ReconstructionLoss, ReconstructionLossConfig
 from vtp_kedro.vtp.core.weights import WeightsNotFoundError
+from vtp_kedro.vtp.losses.reconstruction import VGG16_WEIGHTS, ReconstructionLoss, ReconstructionLossConfig
 
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 

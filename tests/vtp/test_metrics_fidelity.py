@@ -13,6 +13,7 @@ from scipy import linalg
 from torch.utils.data import Dataset
 from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
+from vtp_kedro.vtp.core.weights import WeightsNotFoundError
 from vtp_kedro.vtp.data.imagefolder import LabelledSplit
 from vtp_kedro.vtp.metrics import fidelity
 from vtp_kedro.vtp.metrics.fidelity import (
@@ -33,7 +34,6 @@ from vtp_kedro.vtp.metrics.reference import (
     train_reference_classifier,
     write_reference_classifier,
 )
-from vtp_kedro.vtp.core.weights import WeightsNotFoundError
 
 
 def _scipy_fid(first: dict, second: dict) -> float:

@@ -10,13 +10,15 @@ from typing import Any
 import pytest
 import torch
 
-from vtp_kedro.vtp.synthetic.generator import SyntheticConfig, write_captioned_shards
-from vtp_kedro.vtp.engine import checkpoint as ckpt
-from vtp_kedro.vtp.core.distributed import rank, world_size
-from vtp_kedro.vtp.launch.launcher import LauncherConfig, launch
-from vtp_kedro.vtp.stages.tokenizer_pretraining import TASK_FACTORY, VTPTask
-from vtp_kedro.vtp.stages.tokenizer_pretraining import VTPConfig, VTPModel
 from tests.vtp.test_vtp_model import embedded_batch
+from vtp_kedro.vtp.core.config import Config
+from vtp_kedro.vtp.core.distributed import rank, world_size
+from vtp_kedro.vtp.engine import checkpoint as ckpt
+from vtp_kedro.vtp.launch.launcher import LauncherConfig, launch
+from vtp_kedro.vtp.stages import Stage
+from vtp_kedro.vtp.stages.registry import register_stage
+from vtp_kedro.vtp.stages.tokenizer_pretraining import VTPConfig, VTPModel, VTPTask
+from vtp_kedro.vtp.synthetic.generator import SyntheticConfig, write_captioned_shards
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = {
@@ -35,9 +37,11 @@ TRAINER = {"budget": {"unit": "steps", "value": 4}, "optimizer": {"lr": 1e-3, "w
            "log_every": 1, "checkpoint_every": 2, "device": "cpu"}
 
 
-def write_config(path: Path, task: dict[str, Any], factory: str = TASK_FACTORY, **trainer: Any) -> Path:
+def write_config(path: Path, task: dict[str, Any], stage: str = "tokenizer_pretraining", **trainer: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"trainer": {**TRAINER, **trainer}, "task_factory": factory, "task": task}))
+    imports = [] if stage == "tokenizer_pretraining" else [__name__]
+    path.write_text(json.dumps({"job": "train", "trainer": {**TRAINER, **trainer}, "stage": stage,
+                                "imports": imports, "task": task}))
     return path
 
 
@@ -90,24 +94,31 @@ class FixedBatches:
         self.index = state["index"]
 
 
-def make_clip_ae_on_fixed_batches(raw: dict[str, Any]) -> tuple[VTPTask, FixedBatches]:
+class NoSettings(Config):
+    pass
+
+
+def make_clip_ae_on_fixed_batches(settings: NoSettings) -> tuple[VTPTask, FixedBatches]:
     """clip_ae with every image reconstructed: no per-rank sub-batch draw, so 2 ranks x 4 = 1 x 8."""
     config = VTPConfig.model_validate({**MODEL, "objective": "clip_ae", "rec_fraction": 1.0})
     return VTPTask(VTPModel(config, rank=rank()), image_size=32), FixedBatches()
+
+
+register_stage(Stage("clip_ae_on_fixed_batches", NoSettings, make_clip_ae_on_fixed_batches))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_two_gloo_ranks_match_one_process_through_gathered_clip(tmp_path: Path, monkeypatch, parallel: str) -> None:
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), str(REPO / "src"), os.environ.get("PYTHONPATH", "")]))
-    factory = "tests.vtp.test_tokenizer_pretraining:make_clip_ae_on_fixed_batches"
+    factory = "clip_ae_on_fixed_batches"
     single = launch(write_config(tmp_path / "one.json", {}, factory), tmp_path / "one", LauncherConfig())
     two = launch(write_config(tmp_path / "two.json", {}, factory, parallel=parallel), tmp_path / "two",
                  LauncherConfig(kind="torchrun", nproc_per_node=2))
     expected, actual = ckpt.load_checkpoint(single)["model"], ckpt.load_checkpoint(two)["model"]
     del expected["_extra_state"], actual["_extra_state"]  # each rank's own sub-batch generator
     torch.manual_seed(TRAINER.get("seed", 0))  # the initial weights, as the entry point builds them
-    initial = make_clip_ae_on_fixed_batches({})[0].model.state_dict()
+    initial = make_clip_ae_on_fixed_batches(NoSettings())[0].model.state_dict()
     mask_token = "tokenizer.encoder.mask_token"  # unused without masks, never decayed: still its initial value
     assert torch.equal(expected[mask_token], initial[mask_token]) and torch.equal(actual[mask_token], initial[mask_token])
     # Softmax ignores the text attention's key bias, so its gradient is rounding noise that

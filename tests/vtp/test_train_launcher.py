@@ -20,21 +20,21 @@ from vtp_kedro.vtp.engine import checkpoint as ckpt
 from vtp_kedro.vtp.launch.launcher import LauncherConfig, launch
 
 REPO = Path(__file__).resolve().parents[2]
-FACTORY = "tests.vtp.test_train_trainer:make_toy"
 TRAINER = {"budget": {"unit": "steps", "value": 4}, "optimizer": {"lr": 0.05, "warmup_steps": 1},
            "log_every": 1, "checkpoint_every": 2, "device": "cpu"}
 
 
 @pytest.fixture
 def child_env(monkeypatch):
-    """Child processes import the toy task factory from this repository's tests package."""
+    """Child processes import the toy stage from this repository's tests package."""
     paths = [str(REPO), str(REPO / "src"), os.environ.get("PYTHONPATH", "")]
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in paths if p))
 
 
 def write_config(path: Path, trainer: dict | None = None, task: dict | None = None, **extra: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    config = {"trainer": {**TRAINER, **(trainer or {})}, "task_factory": FACTORY, "task": task or {}, **extra}
+    config = {"job": "train", "trainer": {**TRAINER, **(trainer or {})}, "stage": "toy",
+              "imports": ["tests.vtp.test_train_trainer"], "task": task or {}, **extra}
     path.write_text(json.dumps(config))
     return path
 
@@ -72,11 +72,22 @@ def test_inprocess_failures_name_the_problem(tmp_path):
     bad = write_config(tmp_path / "bad.json", trainer={"log_every": 0})
     with pytest.raises(pydantic.ValidationError, match="trainer.log_every"):
         launch(bad, tmp_path / "bad", LauncherConfig())
-    missing = tmp_path / "m.json"
-    missing.write_text(json.dumps({"trainer": TRAINER, "task_factory": "tests.vtp.no_such_module:make"}))
+    # A config that cannot run fails in the parent, before any process starts.
+    missing = write_config(tmp_path / "m.json", imports=["tests.vtp.no_such_module"])
     with pytest.raises(ImportError, match="cannot import 'tests.vtp.no_such_module'"):
         launch(missing, tmp_path / "missing", LauncherConfig())
-    assert "rank 0 failed" in (tmp_path / "missing" / "logs" / "rank_0.log").read_text()
+    assert not (tmp_path / "missing" / "logs").exists()
+    unknown = write_config(tmp_path / "u.json", stage="no_such_stage")
+    with pytest.raises(ValueError, match=r"unknown stage 'no_such_stage'; registered: \[.*'tokenizer_pretraining'"):
+        launch(unknown, tmp_path / "unknown", LauncherConfig())
+    wrong_task = write_config(tmp_path / "w.json", task={"rows": "many"})
+    with pytest.raises(pydantic.ValidationError, match="rows"):
+        launch(wrong_task, tmp_path / "wrong", LauncherConfig())
+    # A run that fails while training says so in its rank's log.
+    diverging = write_config(tmp_path / "d.json", {"max_consecutive_nonfinite": 2}, {"nan_steps": [0, 1, 2, 3]})
+    with pytest.raises(RuntimeError, match="max_consecutive_nonfinite=2"):
+        launch(diverging, tmp_path / "diverging", LauncherConfig())
+    assert "rank 0 failed" in (tmp_path / "diverging" / "logs" / "rank_0.log").read_text()
     with pytest.raises(FileNotFoundError, match="does not exist"):
         launch(tmp_path / "nothing.json", tmp_path / "x", LauncherConfig())
 
@@ -156,13 +167,18 @@ def test_command_template_failure_quotes_the_rank_logs(tmp_path, child_env):
     assert not (tmp_path / "out" / "result.json").exists()
 
 
-def test_entry_point_with_task_on_the_command_line(tmp_path):
+def test_one_entry_point_runs_the_job_its_config_names(tmp_path):
     from vtp_kedro.vtp.launch.__main__ import main
 
-    config = tmp_path / "resolved.json"
-    config.write_text(json.dumps({"trainer": TRAINER, "task": {"global_batch": 4}}))
-    with pytest.raises(ValueError, match="names no task_factory"):
-        main(["--config", str(config)])
-    main(["--config", str(config), "--task", FACTORY, "--output-dir", str(tmp_path / "out")])
+    config = write_config(tmp_path / "resolved.json", task={"global_batch": 4})
+    main(["--config", str(config), "--output-dir", str(tmp_path / "out")])
     result = json.loads((tmp_path / "out" / "result.json").read_text())
     assert result["samples"] == 4 * 4 and Path(result["checkpoint"]).is_dir()
+    unnamed = tmp_path / "unnamed.json"
+    unnamed.write_text(json.dumps({"trainer": TRAINER, "stage": "toy"}))
+    with pytest.raises(SystemExit):
+        main(["--config", str(unnamed)])
+    with pytest.raises(ValueError, match="is not a 'train' job's config"):
+        launch(unnamed, tmp_path / "x", LauncherConfig())
+    with pytest.raises(ValueError, match=r"unknown placeholders \['module'\].*every job now runs as"):
+        LauncherConfig(kind="command", command="{python} -m {module} --config {config}")

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tests.vtp.test_train_trainer import FEATURES, ToyData, assert_bit_identical, trainer_config
-from vtp_kedro.vtp.engine.optim import build_adamw
 from vtp_kedro.vtp.engine import checkpoint as ckpt
+from vtp_kedro.vtp.engine.optim import build_adamw
 from vtp_kedro.vtp.engine.trainer import InitFromConfig, Trainer, TrainerConfig, TrainTask
 
 

@@ -95,8 +95,7 @@ def test_config_rejects_impossible_values(kwargs, field):
 
 def test_layer_wise_decay_scales_each_block_by_the_factor_and_the_patch_embedding_further():
     from tests.vtp.test_vtp_model import small_config
-    from vtp_kedro.vtp.stages.tokenizer_pretraining import VTPModel
-    from vtp_kedro.vtp.stages.tokenizer_pretraining import VTPTask
+    from vtp_kedro.vtp.stages.tokenizer_pretraining import VTPModel, VTPTask
 
     torch.manual_seed(0)
     task = VTPTask(VTPModel(small_config("vtp")), 32)  # encoder depth 2
@@ -123,8 +122,7 @@ def test_layer_decay_is_refused_where_a_task_has_no_vit_trunk():
 
 def test_the_ssl_heads_take_their_own_learning_rate_factor():
     from tests.vtp.test_vtp_model import small_config
-    from vtp_kedro.vtp.stages.tokenizer_pretraining import VTPModel
-    from vtp_kedro.vtp.stages.tokenizer_pretraining import VTPTask
+    from vtp_kedro.vtp.stages.tokenizer_pretraining import VTPModel, VTPTask
 
     torch.manual_seed(0)
     config = small_config("vtp", ibot_separate_head=True)

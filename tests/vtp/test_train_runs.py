@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.vtp.test_train_trainer import trainer_config
-from vtp_kedro.vtp.core.config import Config
+from tests.vtp.test_train_trainer import TOY, ToyTaskConfig, trainer_config
 from vtp_kedro.vtp.core.io import DigestCache, folder_digest
 from vtp_kedro.vtp.launch.runs import (
     resolved_run_config,
@@ -19,13 +18,8 @@ from vtp_kedro.vtp.launch.runs import (
 )
 
 
-class ToyTaskConfig(Config):
-    rows: int = 64
-
-
 def resolved(**trainer_overrides) -> dict:
-    return resolved_run_config(trainer_config(**trainer_overrides), "tests.vtp.test_train_trainer:make_toy",
-                               ToyTaskConfig())
+    return resolved_run_config(trainer_config(**trainer_overrides), TOY, ToyTaskConfig())
 
 
 def write_shards(folder: Path, contents: list[bytes]) -> list[str]:
@@ -88,18 +82,22 @@ def test_folder_digest_covers_names_and_contents_not_hidden_files(tmp_path):
 def test_train_stage_resumes_the_same_inputs_and_starts_anew_for_changed_ones(tmp_path):
     urls = write_shards(tmp_path / "shards", [b"one"])
     config = trainer_config(budget={"unit": "steps", "value": 2}, checkpoint_every=1)
-    first = train_stage(tmp_path / "runs", config, "tests.vtp.test_train_trainer:make_toy", ToyTaskConfig(),
+    first = train_stage(tmp_path / "runs", config, TOY, ToyTaskConfig(),
                         {"shards": urls})
     assert first.checkpoint["step"] == 2 and [r["step"] for r in first.metrics] == [1, 2]
-    assert json.loads((first.run_dir / "config.json").read_text())["task"] == {"rows": 64}
+    written = json.loads((first.run_dir / "config.json").read_text())
+    assert written["stage"] == "toy" and written["imports"] == ["tests.vtp.test_train_trainer"]
+    assert written["task"] == ToyTaskConfig().model_dump(mode="json")
     write_shards(tmp_path / "shards", [b"one"])  # regenerated, identical
-    again = train_stage(tmp_path / "runs", config, "tests.vtp.test_train_trainer:make_toy", ToyTaskConfig(),
+    again = train_stage(tmp_path / "runs", config, TOY, ToyTaskConfig(),
                         {"shards": urls})
     assert again.run_dir == first.run_dir
     write_shards(tmp_path / "shards", [b"changed"])
-    changed = train_stage(tmp_path / "runs", config, "tests.vtp.test_train_trainer:make_toy", ToyTaskConfig(),
+    changed = train_stage(tmp_path / "runs", config, TOY, ToyTaskConfig(),
                           {"shards": urls})
     assert changed.run_dir != first.run_dir
+    with pytest.raises(TypeError, match="stage 'toy' takes a ToyTaskConfig, not a TrainerConfig"):
+        train_stage(tmp_path / "runs", config, TOY, config, {"shards": urls})
     with pytest.raises(TypeError, match="input 'shards' must be a Path or a list"):
-        train_stage(tmp_path / "runs", config, "tests.vtp.test_train_trainer:make_toy", ToyTaskConfig(),
+        train_stage(tmp_path / "runs", config, TOY, ToyTaskConfig(),
                     {"shards": "not-a-list"})

@@ -1,7 +1,7 @@
 """The generic trainer on a toy regression task: budgets, logging, non-finite steps, accumulation, resume.
 
-``make_toy`` is also the task factory the subprocess tests (test_train_launcher.py) start by its
-dotted path ``tests.vtp.test_train_trainer:make_toy``.
+``TOY`` is also the stage the launcher tests (test_train_launcher.py, test_train_runs.py) run: a
+run config names it ``"toy"`` and lists this module under ``imports``, which registers it.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vtp_kedro.vtp.engine import checkpoint as ckpt
+from vtp_kedro.vtp.core.config import Config
 from vtp_kedro.vtp.core.distributed import rank, world_size
+from vtp_kedro.vtp.engine import checkpoint as ckpt
 from vtp_kedro.vtp.engine.trainer import (
     BudgetConfig,
     MlflowMetricLogger,
@@ -29,6 +30,8 @@ from vtp_kedro.vtp.engine.trainer import (
     batch_size,
     total_steps_for,
 )
+from vtp_kedro.vtp.stages import Stage
+from vtp_kedro.vtp.stages.registry import register_stage
 
 FEATURES, HIDDEN = 6, 16
 
@@ -105,13 +108,25 @@ class ToyTask(TrainTask):
         self.noise.set_state(state["noise"])
 
 
-def make_toy(config: dict[str, Any]) -> tuple[ToyTask, ToyData]:
-    """Task factory: ``config["task"]`` holds ToyTask's and ToyData's keyword arguments."""
-    options = dict(config.get("task", {}))
-    data_keys = ("rows", "global_batch", "seed")
-    data = ToyData(**{k: options.pop(k) for k in data_keys if k in options}, rank=rank(), world=world_size())
-    options["nan_steps"] = tuple(options.get("nan_steps", ()))
-    return ToyTask(**options), data
+class ToyTaskConfig(Config):
+    """ToyTask's and ToyData's keyword arguments."""
+
+    rows: int = 64
+    global_batch: int = 8
+    seed: int = 0
+    dropout: float = 0.1
+    jitter: float = 0.01
+    nan_steps: tuple[int, ...] = ()
+    crash_at_step: int | None = None
+    sleep_s: float = 0.0
+
+
+def make_toy(config: ToyTaskConfig) -> tuple[ToyTask, ToyData]:
+    data = ToyData(config.rows, config.global_batch, config.seed, rank=rank(), world=world_size())
+    return ToyTask(config.dropout, config.jitter, config.nan_steps, config.crash_at_step, config.sleep_s), data
+
+
+TOY = register_stage(Stage("toy", ToyTaskConfig, make_toy))
 
 
 def trainer_config(**overrides: Any) -> TrainerConfig:
@@ -124,7 +139,7 @@ def trainer_config(**overrides: Any) -> TrainerConfig:
 def fit(tmp_path: Path, config: TrainerConfig, task_options: dict | None = None,
         metrics: list | None = None) -> Trainer:
     torch.manual_seed(config.seed)  # as the entry point does before building the model
-    task, data = make_toy({"task": task_options or {}})
+    task, data = make_toy(ToyTaskConfig(**(task_options or {})))
     trainer = Trainer(config, task, data, tmp_path,
                       log_metrics=None if metrics is None else lambda m, s: metrics.append((s, m)))
     trainer.fit()
@@ -376,10 +391,10 @@ def test_batch_size_of_nested_batches():
 
 
 def test_result_file(tmp_path):
-    from vtp_kedro.vtp.engine.trainer import write_result
+    from vtp_kedro.vtp.launch.launcher import write_result
 
     trainer = fit(tmp_path, trainer_config())
-    result = json.loads(write_result(tmp_path, trainer).read_text())
+    result = json.loads(write_result(tmp_path, trainer.summary()).read_text())
     assert result["checkpoint"] == str(tmp_path / "checkpoints" / "step_00000006")
     assert result["step"] == 6 and result["resumed_from"] is None and result["world_size"] == 1
 

@@ -8,14 +8,14 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from vtp_kedro.vtp.synthetic.generator import SyntheticConfig, render_sample
-from vtp_kedro.vtp.data.transforms import MultiCropConfig
 from vtp_kedro.vtp.data.preprocess import normalize, tokenize
+from vtp_kedro.vtp.data.transforms import MultiCropConfig
 from vtp_kedro.vtp.models.text import TextConfig
 from vtp_kedro.vtp.models.tokenizer import TokenizerConfig
 from vtp_kedro.vtp.models.vit import ViTConfig
-from vtp_kedro.vtp.stages.tokenizer_pretraining import OBJECTIVE_PRESETS, VTPConfig, VTPModel
 from vtp_kedro.vtp.stages.flops import training_step_flops
+from vtp_kedro.vtp.stages.tokenizer_pretraining import OBJECTIVE_PRESETS, VTPConfig, VTPModel
+from vtp_kedro.vtp.synthetic.generator import SyntheticConfig, render_sample
 
 PRESETS = list(OBJECTIVE_PRESETS)
 

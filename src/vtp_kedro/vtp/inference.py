@@ -26,15 +26,15 @@ from safetensors import safe_open
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from vtp_kedro.vtp.core.io import atomic_path
+from vtp_kedro.vtp.core.tensors import save_tensors
 from vtp_kedro.vtp.data.preprocess import denormalize, tokenize
 from vtp_kedro.vtp.data.preprocess import normalize as normalize_pixels  # frees the name for open_clip's normalize=
-from vtp_kedro.vtp.core.io import atomic_path
+from vtp_kedro.vtp.engine.checkpoint import INFERENCE_WEIGHTS_FILE, MODEL_FILE, load_state_strictly
 from vtp_kedro.vtp.models.heads import CLIPProjection
 from vtp_kedro.vtp.models.text import TextEncoder
 from vtp_kedro.vtp.models.tokenizer import TokenizerConfig, TokenizerFeatures, VisualTokenizer
 from vtp_kedro.vtp.stages.tokenizer_pretraining import VTPConfig
-from vtp_kedro.vtp.core.tensors import save_tensors
-from vtp_kedro.vtp.engine.checkpoint import INFERENCE_WEIGHTS_FILE, MODEL_FILE, load_state_strictly
 
 INFERENCE_CONFIG_FILE = "config.json"
 INFERENCE_FORMAT = "vtp_kedro.tokenizer/1"

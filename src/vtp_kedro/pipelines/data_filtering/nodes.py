@@ -10,14 +10,14 @@ from pydantic import Field, model_validator
 
 from vtp_kedro.datasets.folder import StagedFolder, write_now
 from vtp_kedro.vtp.core.config import Config
+from vtp_kedro.vtp.curation.executors import ExecutorKind
 from vtp_kedro.vtp.curation.filter_report import (
-    plot_caption_length_histogram,
     planted_defect_outcome,
+    plot_caption_length_histogram,
     plot_resolution_histogram,
     read_filter_report,
     write_filter_report,
 )
-from vtp_kedro.vtp.curation.executors import ExecutorKind
 from vtp_kedro.vtp.curation.filters import FilterRules, filter_shards
 from vtp_kedro.vtp.data.shards import expand_urls
 from vtp_kedro.vtp.metrics.report import flat_metrics

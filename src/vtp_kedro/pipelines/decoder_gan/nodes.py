@@ -18,18 +18,15 @@ from vtp_kedro.vtp.core.config import Config
 from vtp_kedro.vtp.data.imagefolder import cropped_batches
 from vtp_kedro.vtp.data.loader import PretrainDataConfig
 from vtp_kedro.vtp.data.shards import expand_urls
-from vtp_kedro.vtp.inference import load_tokenizer, tokenizer_source, tokenizer_state, write_tokenizer_files
-from vtp_kedro.vtp.losses.gan import GANLossConfig
-from vtp_kedro.vtp.losses.reconstruction import ReconstructionLossConfig
-from vtp_kedro.vtp.metrics.reconstruction import measure_reconstruction, plot_image_grid
-from vtp_kedro.vtp.metrics.report import split_report
-from vtp_kedro.vtp.stages.decoder_gan import DecoderGANConfig
-from vtp_kedro.vtp.models.discriminator import DiscriminatorConfig
 from vtp_kedro.vtp.engine.curves import plot_curves
-from vtp_kedro.vtp.stages.decoder_gan import TASK_FACTORY, DecoderGANTaskConfig
+from vtp_kedro.vtp.engine.trainer import InitFromConfig, TrainerConfig
+from vtp_kedro.vtp.inference import load_tokenizer, tokenizer_source, tokenizer_state, write_tokenizer_files
 from vtp_kedro.vtp.launch.launcher import LauncherConfig
 from vtp_kedro.vtp.launch.runs import train_stage
-from vtp_kedro.vtp.engine.trainer import InitFromConfig, TrainerConfig
+from vtp_kedro.vtp.metrics.reconstruction import measure_reconstruction, plot_image_grid
+from vtp_kedro.vtp.metrics.report import split_report
+from vtp_kedro.vtp.stages.decoder_gan import STAGE as DECODER_GAN
+from vtp_kedro.vtp.stages.decoder_gan import DecoderGANConfig, DecoderGANRecipe, DecoderGANTaskConfig
 
 GAN_PANELS = (
     ("generator", ("loss", "rec", "l1", "lpips", "g_adv")),
@@ -37,15 +34,6 @@ GAN_PANELS = (
     ("D accuracy, adaptive weight", ("d_accuracy_real", "d_accuracy_fake", "adaptive_weight")),
     ("optimisation", ("generator/lr", "generator/grad_norm", "discriminator/grad_norm")),
 )
-
-
-class GANModelParams(Config):
-    """``DecoderGANConfig`` without the tokenizer, which comes from the input tokenizer folder."""
-
-    discriminator: DiscriminatorConfig = DiscriminatorConfig()
-    gan: GANLossConfig = GANLossConfig()
-    reconstruction: ReconstructionLossConfig = ReconstructionLossConfig()
-    seed: int = Field(0, ge=0)
 
 
 class GANDataParams(PretrainDataConfig):
@@ -70,7 +58,7 @@ class DecoderGANParams(Config):
     runs_dir: str
     # None: the tokenizer_pretraining output (pretrained_tokenizer); else any tokenizer folder.
     tokenizer: str | None = None
-    model: GANModelParams
+    model: DecoderGANRecipe  # the tokenizer comes from the input tokenizer folder
     data: GANDataParams
     trainer: TrainerConfig
     launcher: LauncherConfig = LauncherConfig()
@@ -88,7 +76,7 @@ def finetune_decoder(pretrained_tokenizer: Path, filtered_shards: Path, params: 
     task = DecoderGANTaskConfig(model=DecoderGANConfig(tokenizer=source.config, **dict(params.model)), data=data)
     init = InitFromConfig(path=str(tokenizer), source_prefix=source.prefix, target="tokenizer")
     trainer = params.trainer.model_copy(update={"init_from": init})
-    run = train_stage(params.runs_dir, trainer, TASK_FACTORY, task,
+    run = train_stage(params.runs_dir, trainer, DECODER_GAN, task,
                       {"tokenizer": tokenizer, "shards": expand_urls(data.shards)}, params.launcher)
     export = partial(write_tokenizer_files, state=tokenizer_state(run.checkpoint["model"]), config=source.config,
                      image_size=data.image_size,

@@ -4,64 +4,33 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from matplotlib.figure import Figure
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from vtp_kedro.datasets.folder import StagedFolder, write_now
-from vtp_kedro.vtp.core.config import Config
-from vtp_kedro.vtp.data.latents import CLASSES_FILE, LatentDataConfig
-from vtp_kedro.vtp.inference import load_tokenizer
-from vtp_kedro.vtp.losses.flow import FlowConfig
-from vtp_kedro.vtp.metrics.reconstruction import plot_image_grid
-from vtp_kedro.vtp.models.dit import DIT_PRESETS, DiTConfig
-from vtp_kedro.vtp.core.io import atomic_path
-from vtp_kedro.vtp.launch.sample_dit import JOB as SAMPLING
-from vtp_kedro.vtp.launch.sample_dit import SAME_AS_KEY, SETTINGS_FILE, SamplingJobConfig, samples_per_class
-from vtp_kedro.vtp.sampling import SampleSetConfig
-from vtp_kedro.vtp.engine.curves import plot_curves
-from vtp_kedro.vtp.stages.dit import TASK_FACTORY, DiTTrainingConfig
 from vtp_kedro.vtp.core.distributed import DeviceKind
+from vtp_kedro.vtp.core.io import atomic_path
+from vtp_kedro.vtp.data.latents import CLASSES_FILE, LatentDataConfig
+from vtp_kedro.vtp.engine.curves import plot_curves
+from vtp_kedro.vtp.engine.trainer import TrainerConfig
+from vtp_kedro.vtp.inference import load_tokenizer
 from vtp_kedro.vtp.launch.launcher import LauncherConfig, job_folder, launch_job
 from vtp_kedro.vtp.launch.runs import train_stage
-from vtp_kedro.vtp.engine.trainer import TrainerConfig
+from vtp_kedro.vtp.launch.sample_dit import JOB as SAMPLING
+from vtp_kedro.vtp.launch.sample_dit import SAME_AS_KEY, SETTINGS_FILE, SamplingJobConfig, samples_per_class
+from vtp_kedro.vtp.metrics.reconstruction import plot_image_grid
+from vtp_kedro.vtp.models.dit import DiTArchitecture
+from vtp_kedro.vtp.sampling import SampleSetConfig
+from vtp_kedro.vtp.stages.dit import STAGE as DIT
+from vtp_kedro.vtp.stages.dit import DiTTrainingConfig
 
 DIT_PANELS = (("losses", ("loss", "mse", "cosine")), ("optimisation", ("lr", "grad_norm")))
 
 
-class DiTArchitecture(Config):
-    """``DiTConfig`` without what the latents decide (channels, grid, classes): a size preset
-    (``DIT_PRESETS``: tiny, B, L, XL) or explicit width, depth and heads (which override a preset's)."""
-
-    preset: Literal["tiny", "B", "L", "XL"] | None = None
-    width: int | None = Field(None, gt=0)
-    depth: int | None = Field(None, gt=0)
-    heads: int | None = Field(None, gt=0)
-    patch_size: int = Field(1, gt=0)
-    norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
-    qk_norm: bool = False
-    rope: bool = True
-    mlp_ratio: float = 4.0
-
-    @model_validator(mode="after")
-    def _sizes(self) -> DiTArchitecture:
-        missing = [k for k in ("width", "depth", "heads") if getattr(self, k) is None]
-        if self.preset is None and missing:
-            raise ValueError(f"dit_training.model needs a preset or all of width, depth and heads (missing {missing})")
-        return self
-
-    def dit_config(self, in_channels: int, input_size: int, num_classes: int) -> DiTConfig:
-        explicit = self.model_dump(exclude={"preset"}, exclude_none=True)
-        sizes = DIT_PRESETS[self.preset] if self.preset else {}
-        return DiTConfig(in_channels=in_channels, input_size=input_size, num_classes=num_classes,
-                         **{**sizes, **explicit})
-
-
-class LatentStreamParams(Config):
-    batch_size: int = Field(gt=0)
-    seed: int = Field(0, ge=0)
-    flip_probability: float = Field(0.5, ge=0, le=1)
+class LatentStreamParams(LatentDataConfig):
+    latents: None = Field(None, description="set by the node: the latent_extraction output (catalog entry latents)")
 
 
 class SamplingParams(SampleSetConfig):
@@ -70,18 +39,25 @@ class SamplingParams(SampleSetConfig):
     launcher: LauncherConfig = LauncherConfig()  # torchrun with nproc_per_node N: samples split over N devices
 
 
-class DiTTrainingParams(Config):
+class DiTTrainingParams(DiTTrainingConfig):
+    """The stage's task config (``DiTTrainingConfig``: what it computes) with the architecture only,
+    since the latents decide channels, grid and classes, and where and how it runs."""
+
     runs_dir: str
     model: DiTArchitecture
-    flow: FlowConfig = FlowConfig()
     data: LatentStreamParams
-    class_dropout: float = 0.1
-    latent_multiplier: float = 1.0
-    ema_decay: float = 0.9999
-    seed: int = 0
     trainer: TrainerConfig
     launcher: LauncherConfig = LauncherConfig()
     sampling: SamplingParams = SamplingParams()
+
+    def task_config(self, latents: Path, record: dict[str, Any]) -> DiTTrainingConfig:
+        """The stage's config on the latent folder ``latents`` (its ``classes.json`` is ``record``)."""
+        channels, height, width = record["latent_shape"]
+        if height != width:
+            raise ValueError(f"{latents}: latents of {height}x{width} are not square")
+        task = self.model_dump(include=set(DiTTrainingConfig.model_fields))
+        return DiTTrainingConfig(**{**task, "model": self.model.for_latents(channels, height, len(record["classes"])),
+                                    "data": {**task["data"], "latents": str(latents)}})
 
 
 def _latent_record(latents: Path) -> dict[str, Any]:
@@ -93,15 +69,8 @@ def _latent_record(latents: Path) -> dict[str, Any]:
 
 def train_dit(latents: Path, params: DiTTrainingParams) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Train the DiT on the training latents; the run is named by the config and the latents' content."""
-    record = _latent_record(latents)
-    channels, height, width = record["latent_shape"]
-    if height != width:
-        raise ValueError(f"{latents}: latents of {height}x{width} are not square")
-    model = params.model.dit_config(channels, height, len(record["classes"]))
-    task = DiTTrainingConfig(model=model, flow=params.flow, data=LatentDataConfig(latents=str(latents),
-                             **params.data.model_dump()), class_dropout=params.class_dropout,
-                             latent_multiplier=params.latent_multiplier, ema_decay=params.ema_decay, seed=params.seed)
-    run = train_stage(params.runs_dir, params.trainer, TASK_FACTORY, task, {"latents": Path(latents)}, params.launcher)
+    task = params.task_config(latents, _latent_record(latents))
+    run = train_stage(params.runs_dir, params.trainer, DIT, task, {"latents": Path(latents)}, params.launcher)
     return run.checkpoint, run.metrics
 
 

@@ -21,9 +21,11 @@ from pydantic import Field
 
 from vtp_kedro.datasets.folder import FolderWriter, StagedFolder, write_now
 from vtp_kedro.vtp.core.config import Config
-from vtp_kedro.vtp.data.imagefolder import LabelledImageFolder, LabelledSplit, cropped_batches
-from vtp_kedro.vtp.inference import NoTextTowerError, load_clip_towers, load_tokenizer, tokenizer_source
+from vtp_kedro.vtp.core.distributed import DeviceKind, resolve_device
 from vtp_kedro.vtp.core.io import project_relative
+from vtp_kedro.vtp.data.imagefolder import LabelledImageFolder, LabelledSplit, cropped_batches
+from vtp_kedro.vtp.engine.curves import plot_stage_curves
+from vtp_kedro.vtp.inference import NoTextTowerError, load_clip_towers, load_tokenizer, tokenizer_source
 from vtp_kedro.vtp.launch.sample_dit import SAME_AS_KEY, SETTINGS_FILE, read_samples, samples_per_class
 from vtp_kedro.vtp.metrics.fidelity import FeatureSpace, extract_features, inception_space, reference_space
 from vtp_kedro.vtp.metrics.generation import (
@@ -46,16 +48,13 @@ from vtp_kedro.vtp.metrics.understanding import (
     ProbeFeatures,
     confusion_matrix,
     linear_probe,
-    plot_confusion_matrix,
     pixel_features,
+    plot_confusion_matrix,
     probe_features,
     top_k_accuracy,
     zero_shot_classifier,
     zero_shot_logits,
 )
-from vtp_kedro.vtp.engine.curves import plot_stage_curves
-from vtp_kedro.vtp.core.distributed import DeviceKind, resolve_device
-
 
 log = logging.getLogger(__name__)
 

@@ -9,14 +9,13 @@ from pydantic import Field
 
 from vtp_kedro.datasets.folder import StagedFolder, write_now
 from vtp_kedro.vtp.core.config import Config
+from vtp_kedro.vtp.core.distributed import DeviceKind
+from vtp_kedro.vtp.core.io import atomic_path, folder_digest, project_relative
 from vtp_kedro.vtp.data.latents import LatentExtractionConfig
 from vtp_kedro.vtp.inference import load_tokenizer
-from vtp_kedro.vtp.core.io import atomic_path
 from vtp_kedro.vtp.launch.extract_latents import JOB as EXTRACTION
 from vtp_kedro.vtp.launch.extract_latents import ExtractionJobConfig
-from vtp_kedro.vtp.core.distributed import DeviceKind
 from vtp_kedro.vtp.launch.launcher import LauncherConfig, job_folder, launch_job
-from vtp_kedro.vtp.core.io import folder_digest, project_relative
 
 
 class ExtractionParams(LatentExtractionConfig):

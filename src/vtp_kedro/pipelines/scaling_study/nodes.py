@@ -37,8 +37,8 @@ from vtp_kedro.pipelines.scaling_study.points import (
 from vtp_kedro.pipelines.tokenizer_pretraining.nodes import TokenizerPretrainingParams
 from vtp_kedro.vtp import scaling
 from vtp_kedro.vtp.core.config import Config, with_overrides
-from vtp_kedro.vtp.data.shards import expand_urls, shard_prefix
 from vtp_kedro.vtp.core.io import DigestCache, atomic_path, fingerprint, folder_digest, project_relative
+from vtp_kedro.vtp.data.shards import expand_urls, shard_prefix
 from vtp_kedro.vtp.launch.runs import shards_digest
 
 log = logging.getLogger(__name__)

@@ -31,9 +31,9 @@ from vtp_kedro.pipelines.latent_extraction.pipeline import create_pipeline as la
 from vtp_kedro.pipelines.tokenizer_pretraining.pipeline import create_pipeline as tokenizer_pretraining
 from vtp_kedro.vtp.core.config import Config
 from vtp_kedro.vtp.core.io import atomic_path, fingerprint
+from vtp_kedro.vtp.engine.checkpoint import TRAINER_STATE_FILE
 from vtp_kedro.vtp.metrics.report import merge_report
 from vtp_kedro.vtp.scaling import GridPoint, result_row
-from vtp_kedro.vtp.engine.checkpoint import TRAINER_STATE_FILE
 
 log = logging.getLogger(__name__)
 

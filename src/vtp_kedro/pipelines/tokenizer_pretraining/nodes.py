@@ -15,17 +15,16 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from vtp_kedro.datasets.folder import StagedFolder, write_now
-from vtp_kedro.vtp.core.config import Config
 from vtp_kedro.vtp.data.loader import PretrainDataConfig
 from vtp_kedro.vtp.data.shards import expand_urls
-from vtp_kedro.vtp.inference import tokenizer_state, write_tokenizer_files
-from vtp_kedro.vtp.metrics.online_probe import PROBE_PREFIX, OnlineProbeConfig
-from vtp_kedro.vtp.stages.tokenizer_pretraining import VTPConfig
 from vtp_kedro.vtp.engine.curves import plot_curves
+from vtp_kedro.vtp.engine.trainer import TrainerConfig
+from vtp_kedro.vtp.inference import tokenizer_state, write_tokenizer_files
 from vtp_kedro.vtp.launch.launcher import LauncherConfig
 from vtp_kedro.vtp.launch.runs import train_stage
-from vtp_kedro.vtp.stages.tokenizer_pretraining import TASK_FACTORY, TokenizerPretrainingConfig
-from vtp_kedro.vtp.engine.trainer import TrainerConfig
+from vtp_kedro.vtp.metrics.online_probe import PROBE_PREFIX, OnlineProbeConfig
+from vtp_kedro.vtp.stages.tokenizer_pretraining import STAGE as TOKENIZER_PRETRAINING
+from vtp_kedro.vtp.stages.tokenizer_pretraining import TokenizerPretrainingConfig
 
 
 class PretrainDataParams(PretrainDataConfig):
@@ -39,16 +38,18 @@ class ProbeParams(OnlineProbeConfig):
     image_root: str | None = None
 
 
-class TokenizerPretrainingParams(Config):
+class TokenizerPretrainingParams(TokenizerPretrainingConfig):
+    """The stage's task config (model, data, probe: what it computes; checked together when the run
+    starts) with its inputs still open, and where and how it runs."""
+
     # Parent of the runs' folders (config, logs, resumable checkpoints), kept across reruns.
     # Each run lives in <runs_dir>/<fingerprint of its resolved config and input content>:
     # rerunning resumes it (trainer.resume: auto), a changed config or data starts a new run.
     runs_dir: str
-    model: VTPConfig
     data: PretrainDataParams
+    probe: ProbeParams | None = None  # run every trainer.evaluate_every steps; None: off
     trainer: TrainerConfig
     launcher: LauncherConfig = LauncherConfig()
-    probe: ProbeParams | None = None  # run every trainer.evaluate_every steps; None: off
 
 
 def pretrain_tokenizer(
@@ -65,7 +66,7 @@ def pretrain_tokenizer(
                                      "image_root": params.probe.image_root or str(raw_labelled_images)})
     task = TokenizerPretrainingConfig(model=params.model, data=data, probe=probe)
     urls = expand_urls(data.shards)  # a missing input fails here, naming it, before any process starts
-    run = train_stage(params.runs_dir, params.trainer, TASK_FACTORY, task, {"shards": urls}, params.launcher)
+    run = train_stage(params.runs_dir, params.trainer, TOKENIZER_PRETRAINING, task, {"shards": urls}, params.launcher)
     export = partial(write_tokenizer_files, state=tokenizer_state(run.checkpoint["model"]),
                      config=params.model.tokenizer, image_size=data.image_size,
                      provenance={"stage": "tokenizer_pretraining", "run": run.run_dir.name,

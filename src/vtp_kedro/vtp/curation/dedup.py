@@ -40,8 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vtp_kedro.vtp.curation.copy_detection import SIDE, is_copy
 from vtp_kedro.vtp.core.io import atomic_path
+from vtp_kedro.vtp.curation.copy_detection import SIDE, is_copy
 
 EXACT_DIR, BAND_DIR, EDGE_DIR, THUMBNAIL_DIR = "exact", "bands", "edges", "thumbnails"
 _EXACT = np.dtype([("index", "<i8"), ("sha256", "S32")])

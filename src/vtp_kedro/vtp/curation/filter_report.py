@@ -16,9 +16,9 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from vtp_kedro.vtp.core.io import join, write_bytes
 from vtp_kedro.vtp.curation.filters import FilterReport
 from vtp_kedro.vtp.data.shards import SHARD_MANIFEST, ShardInfo, expand_urls, iter_shard_samples
-from vtp_kedro.vtp.core.io import join, write_bytes
 
 REPORT_FILE = SHARD_MANIFEST  # the report lists each shard's samples and sha256
 STATS_FILE = "filter_stats.npz"

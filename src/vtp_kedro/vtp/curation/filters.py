@@ -40,6 +40,7 @@ from PIL import Image
 from pydantic import Field, model_validator
 
 from vtp_kedro.vtp.core.config import Config
+from vtp_kedro.vtp.core.io import atomic_path, is_url, join
 from vtp_kedro.vtp.curation.copy_detection import SIDE, thumbnail
 from vtp_kedro.vtp.curation.dedup import DedupLayout, byte_map, deduplicate, write_partitions, write_thumbnails
 from vtp_kedro.vtp.curation.executors import ExecutorKind, make_executor
@@ -51,7 +52,6 @@ from vtp_kedro.vtp.data.shards import (
     iter_shard_samples,
     write_shard,
 )
-from vtp_kedro.vtp.core.io import atomic_path, is_url, join
 
 log = logging.getLogger(__name__)
 

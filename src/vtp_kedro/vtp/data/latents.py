@@ -33,10 +33,10 @@ from safetensors import safe_open
 from torch.utils.data import DataLoader
 
 from vtp_kedro.vtp.core.config import Config
-from vtp_kedro.vtp.data.imagefolder import CroppedImages, LabelledImageFolder
 from vtp_kedro.vtp.core.io import atomic_path
 from vtp_kedro.vtp.core.progress import Progress
 from vtp_kedro.vtp.core.tensors import load_tensors, save_tensors
+from vtp_kedro.vtp.data.imagefolder import CroppedImages, LabelledImageFolder
 
 log = logging.getLogger(__name__)
 

@@ -33,8 +33,8 @@ from pydantic import Field
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from vtp_kedro.vtp.core.config import Config
-from vtp_kedro.vtp.data.shards import expand_urls, iter_shard_samples
 from vtp_kedro.vtp.data.preprocess import normalize, tokenize
+from vtp_kedro.vtp.data.shards import expand_urls, iter_shard_samples
 
 log = logging.getLogger(__name__)
 

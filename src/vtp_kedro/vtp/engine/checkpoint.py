@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from vtp_kedro.vtp.core.io import atomic_path, file_sha256
 from vtp_kedro.vtp.core.tensors import load_tensors, save_tensors
 

@@ -10,6 +10,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from vtp_kedro.vtp.engine.trainer import METRICS_LOG
+
 # Panels of the figure: losses, then the SSL health signals that show a collapse (the teacher's
 # per-row entropy pinned at log K: uniform targets; the entropy of its batch mean falling to 0: one
 # prototype for everything; KoLeo blowing up), then optimisation; the online probe when it runs.

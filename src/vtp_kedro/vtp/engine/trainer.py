@@ -46,8 +46,6 @@ from torch.distributed.checkpoint.state_dict import (
 from tqdm import tqdm
 
 from vtp_kedro.vtp.core.config import Config
-from vtp_kedro.vtp.core.io import atomic_path
-from vtp_kedro.vtp.engine import checkpoint as ckpt
 from vtp_kedro.vtp.core.distributed import (
     DeviceKind,
     ParallelKind,
@@ -63,6 +61,8 @@ from vtp_kedro.vtp.core.distributed import (
     seed_all,
     world_size,
 )
+from vtp_kedro.vtp.core.io import atomic_path
+from vtp_kedro.vtp.engine import checkpoint as ckpt
 from vtp_kedro.vtp.engine.optim import OptimizerConfig, build_adamw
 from vtp_kedro.vtp.engine.schedules import learning_rate, warmup_cosine
 
@@ -70,7 +70,6 @@ log = logging.getLogger(__name__)
 
 MetricLogger = Callable[[dict[str, float], int], None]
 METRICS_LOG = "metrics.jsonl"  # in the run folder: one {"step": ..., metric: value} record per log
-RESULT_FILE = "result.json"  # in the run folder: the final checkpoint and counters, from rank 0
 _TRAINER_METRICS = ("lr", "grad_norm", "samples_per_s", "samples", "flops", "flop_per_s", "nonfinite_steps")
 WALL_CLOCK_METRICS = ("samples_per_s", "flop_per_s")  # differ between identical runs: not in the exported logs
 
@@ -789,14 +788,9 @@ class Trainer:
             self.last_checkpoint = source
         return self.last_checkpoint
 
-
-def write_result(output_dir: str | Path, trainer: Trainer) -> Path:
-    """``output_dir/result.json`` naming the final checkpoint, written atomically."""
-    path = Path(output_dir) / RESULT_FILE
-    result = {"checkpoint": str(trainer.last_checkpoint), "step": trainer.step, "total_steps": trainer.total_steps,
-              "samples": trainer.samples, "flops": trainer.flops, "nonfinite_steps": trainer.nonfinite_total,
-              "resumed_from": None if trainer.resumed_from is None else str(trainer.resumed_from),
-              "world_size": world_size()}
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-    return path
+    def summary(self) -> dict[str, Any]:
+        """The finished run's final checkpoint and counters (the launcher writes them as result.json)."""
+        return {"checkpoint": str(self.last_checkpoint), "step": self.step, "total_steps": self.total_steps,
+                "samples": self.samples, "flops": self.flops, "nonfinite_steps": self.nonfinite_total,
+                "resumed_from": None if self.resumed_from is None else str(self.resumed_from),
+                "world_size": world_size()}

@@ -1,6 +1,6 @@
 """Latent extraction on one or several devices: each rank encodes every ``world_size``-th shard.
 
-``python -m vtp_kedro.vtp.launch.extract_latents --config job.json`` (or ``torchrun ... -m``), where
+``python -m vtp_kedro.vtp.launch --config job.json`` (or ``torchrun ... -m``), where
 ``job.json`` is an ``ExtractionJobConfig``. Rank 0 writes the statistics and records once all
 shards exist (``vtp.data.latents.extract_latents``) and ``result.json`` with the counts summed
 over ranks and the slowest rank's seconds.
@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
 
 from vtp_kedro.vtp.core.config import Config
+from vtp_kedro.vtp.core.distributed import DeviceKind, all_gather_objects, barrier, is_main_process, rank, world_size
 from vtp_kedro.vtp.data.latents import LatentExtractionConfig, extract_latents
 from vtp_kedro.vtp.inference import load_tokenizer
-from vtp_kedro.vtp.core.distributed import DeviceKind, all_gather_objects, barrier, is_main_process, rank, world_size
-from vtp_kedro.vtp.launch.launcher import Job, job_main, job_process, write_job_result
+from vtp_kedro.vtp.launch.launcher import Job, job_process, write_result
 
 
 class ExtractionJobConfig(Config):
+    job: Literal["extract_latents"] = "extract_latents"
     tokenizer: str = Field(description="a folder load_tokenizer opens")
     image_root: str = Field(description="an ImageNet-style folder: <split>/<class>/*")
     output: str = Field(description="the latent folder")
@@ -52,11 +53,8 @@ def run(config_path: Path, output_dir: Path) -> None:
                                       world_size=world_size(), identity=config.identity, barrier=barrier)
         summaries = all_gather_objects(summary)
         if is_main_process():
-            write_job_result(output_dir, merge_summaries(summaries))
+            write_result(output_dir, merge_summaries(summaries))
 
 
-JOB = Job("vtp_kedro.vtp.launch.extract_latents", run,
+JOB = Job("extract_latents", run,
           lambda path: ExtractionJobConfig.model_validate_json(Path(path).read_text()))
-
-if __name__ == "__main__":
-    job_main(JOB, description="Encode a labelled image folder into latent shards (one rank or all).")

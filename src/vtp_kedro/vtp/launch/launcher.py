@@ -1,16 +1,19 @@
-"""Starting a training run: one rank (``run``) and the whole job (``launch``).
+"""Starting a job: one rank (``run`` for training) and the whole job (``launch_job``, ``launch``).
 
 Kedro must not run under torchrun (every rank would open a Kedro session, an MLflow run and
 catalog saves; kedro-org/kedro#2049). So the Kedro node writes the fully resolved config to
-a JSON file and calls ``launch``, which runs ``python -m vtp_kedro.vtp.launch --config <file>``
-in-process (one device), under ``torchrun --standalone`` (one machine, N processes) or through
-a user command template (clusters), waits, and returns the final checkpoint folder.
+a JSON file and calls ``launch_job``, which runs ``python -m vtp_kedro.vtp.launch --config <file>``
+(the one entry point of every job: training, latent extraction, sampling; the file's ``job``
+says which) in-process (one device), under ``torchrun --standalone`` (one machine, N processes)
+or through a user command template (clusters), waits, and returns rank 0's ``result.json``.
 
-The resolved config file::
+A training run's config file (``RunConfig``)::
 
-    {"trainer": {...TrainerConfig...},
-     "task_factory": "package.module:function",   # (config_dict) -> (task, data)
-     "task": {...whatever the factory reads...},
+    {"job": "train",
+     "trainer": {...TrainerConfig...},
+     "stage": "tokenizer_pretraining",            # a name in vtp.stages.registry.STAGES
+     "imports": [],                               # modules that register stages of their own
+     "task": {...the stage's task config...},
      "mlflow": {"run_id": "...", "tracking_uri": "...", "prefix": ""}}   # optional
 
 The run's folder (by default the config file's folder) receives ``checkpoints/``,
@@ -19,7 +22,6 @@ The run's folder (by default the config file's folder) receives ``checkpoints/``
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib
 import json
@@ -31,7 +33,7 @@ import signal
 import string
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -40,22 +42,26 @@ import torch
 from pydantic import Field, model_validator
 
 from vtp_kedro.vtp.core.config import Config
-from vtp_kedro.vtp.core.io import atomic_path
 from vtp_kedro.vtp.core.distributed import (
-    destroy_distributed,
     DeviceKind,
+    destroy_distributed,
     init_distributed,
     is_main_process,
     rank,
     resolve_device,
     seed_all,
 )
-from vtp_kedro.vtp.engine.trainer import RESULT_FILE, MlflowMetricLogger, Trainer, TrainerConfig, write_result
+from vtp_kedro.vtp.core.io import atomic_path
+from vtp_kedro.vtp.engine.trainer import MlflowMetricLogger, Trainer, TrainerConfig
+from vtp_kedro.vtp.stages import Stage
+from vtp_kedro.vtp.stages.registry import get_stage
 
 log = logging.getLogger(__name__)
 
+ENTRY_POINT = "vtp_kedro.vtp.launch"  # python -m ENTRY_POINT --config <file>: every job, every rank
 CONFIG_FILE = "config.json"
-COMMAND_PLACEHOLDERS = frozenset({"config", "python", "nproc", "module"})
+RESULT_FILE = "result.json"  # in the job's folder, from rank 0: what launch_job returns
+COMMAND_PLACEHOLDERS = frozenset({"config", "python", "nproc"})
 
 
 class MlflowTarget(Config):
@@ -67,10 +73,12 @@ class MlflowTarget(Config):
 
 
 class RunConfig(Config):
-    """The resolved config file's schema (``task`` is the factory's to validate)."""
+    """A training run's config file (``task`` is the stage's to validate: ``read_run_config``)."""
 
+    job: Literal["train"] = "train"
     trainer: TrainerConfig
-    task_factory: str | None = Field(None, pattern=r"^[\w.]+:\w+$")
+    stage: str = Field(min_length=1, description="a name in vtp.stages.registry.STAGES")
+    imports: list[str] = Field([], description="modules imported first, which register stages of their own")
     task: dict[str, Any] = {}
     mlflow: MlflowTarget | None = None
 
@@ -78,8 +86,8 @@ class RunConfig(Config):
 class LauncherConfig(Config):
     kind: Literal["inprocess", "torchrun", "command"] = "inprocess"
     nproc_per_node: int = Field(1, gt=0, description="processes (devices) for torchrun; {nproc} in a command")
-    command: str | None = Field(None, description="kind 'command': a shell template with {config}, {python}, {nproc} "
-                                                  "and {module} (the job's module; training's is vtp_kedro.vtp.launch)")
+    command: str | None = Field(None, description="kind 'command': a shell template with {config}, {python} and "
+                                                  "{nproc}, running -m vtp_kedro.vtp.launch --config {config}")
     tail_lines: int = Field(20, gt=0, description="lines of each rank's log quoted when the run fails")
 
     @model_validator(mode="after")
@@ -89,8 +97,9 @@ class LauncherConfig(Config):
                 raise ValueError("kind 'command' needs a command template")
             used = {field for _, field, _, _ in string.Formatter().parse(self.command) if field is not None}
             if used - COMMAND_PLACEHOLDERS:
+                hint = " (every job now runs as -m vtp_kedro.vtp.launch)" if "module" in used else ""
                 raise ValueError(f"command has unknown placeholders {sorted(used - COMMAND_PLACEHOLDERS)}; "
-                                 f"allowed: {sorted(COMMAND_PLACEHOLDERS)}")
+                                 f"allowed: {sorted(COMMAND_PLACEHOLDERS)}{hint}")
             if "config" not in used:
                 raise ValueError("command must pass the config file: include {config}")
         elif self.command is not None:
@@ -100,31 +109,36 @@ class LauncherConfig(Config):
         return self
 
 
-def read_run_config(config_path: str | Path) -> tuple[dict[str, Any], RunConfig]:
-    """The raw resolved config and its validated envelope."""
+def read_job_file(config_path: str | Path) -> dict[str, Any]:
+    """A job's config file as a dict; a missing or unreadable file fails naming it."""
     config_path = Path(config_path)
     try:
         raw = json.loads(config_path.read_text())
     except FileNotFoundError:
-        raise FileNotFoundError(f"training config {config_path} does not exist") from None
+        raise FileNotFoundError(f"job config {config_path} does not exist") from None
     except json.JSONDecodeError as error:
-        raise ValueError(f"training config {config_path} is not valid JSON: {error}") from None
-    return raw, RunConfig.model_validate(raw)
+        raise ValueError(f"job config {config_path} is not valid JSON: {error}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"job config {config_path} must hold a JSON object, not {type(raw).__name__}")
+    return raw
 
 
-def load_factory(path: str) -> Callable[[dict[str, Any]], tuple[Any, Any]]:
-    """Import ``package.module:function``."""
-    module_name, _, attribute = path.partition(":")
-    if not module_name or not attribute:
-        raise ValueError(f"task factory {path!r} must look like 'package.module:function'")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        raise ImportError(f"task factory {path!r}: cannot import {module_name!r} ({error})") from error
-    try:
-        return getattr(module, attribute)
-    except AttributeError:
-        raise ImportError(f"task factory {path!r}: module {module_name!r} has no {attribute!r}") from None
+def resolve_stage(run_config: RunConfig) -> tuple[Stage, Config]:
+    """The run's stage (after importing ``imports``) and its task config, validated by the stage's schema."""
+    for module in run_config.imports:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as error:
+            raise ImportError(f"imports: cannot import {module!r} ({error})") from error
+    stage = get_stage(run_config.stage)
+    return stage, stage.config.model_validate(run_config.task)
+
+
+def read_run_config(config_path: str | Path) -> tuple[RunConfig, Stage, Config]:
+    """A training run's config, its stage and the stage's validated task config: what each process
+    validates once (the parent before any process starts, then each rank)."""
+    run_config = RunConfig.model_validate(read_job_file(config_path))
+    return run_config, *resolve_stage(run_config)
 
 
 @contextlib.contextmanager
@@ -146,29 +160,26 @@ def rank_logging(log_dir: Path, rank: int) -> Iterator[None]:
         package.setLevel(package_level)
 
 
-def run(config_path: str | Path, output_dir: str | Path | None = None, task_factory: str | None = None) -> Path:
-    """Train one rank (or the only process) from a resolved config file; returns the final checkpoint.
+def run(config_path: str | Path, output_dir: str | Path | None = None) -> Path:
+    """Train one rank (or the only process) from a run config file; returns the final checkpoint.
 
     Under torchrun the process group is joined from the environment. Every rank seeds its
-    generators with ``trainer.seed`` before calling the factory, so models start identical.
+    generators with ``trainer.seed`` before building the stage, so models start identical.
     """
     config_path = Path(config_path)
-    raw, run_config = read_run_config(config_path)
-    trainer_config = run_config.trainer
-    factory_path = task_factory or run_config.task_factory
-    if factory_path is None:
-        raise ValueError(f"{config_path} names no task_factory and none was given (--task module:function)")
     output_dir = Path(output_dir) if output_dir is not None else config_path.parent
-    with job_process(output_dir, trainer_config.device):
-        seed_all(trainer_config.seed)
-        task, data = load_factory(factory_path)(raw)
+    run_config = RunConfig.model_validate(read_job_file(config_path))
+    with job_process(output_dir, run_config.trainer.device):
+        stage, task_config = resolve_stage(run_config)  # inside: a failure lands in the rank's log
+        seed_all(run_config.trainer.seed)
+        task, data = stage.build(task_config)
         target = run_config.mlflow
         metric_logger = (MlflowMetricLogger(target.run_id, target.tracking_uri, target.prefix)
                          if target is not None and is_main_process() else None)
-        trainer = Trainer(trainer_config, task, data, output_dir, metric_logger)
+        trainer = Trainer(run_config.trainer, task, data, output_dir, metric_logger)
         checkpoint = trainer.fit()
         if is_main_process():
-            write_result(output_dir, trainer)
+            write_result(output_dir, trainer.summary())
         return checkpoint
 
 
@@ -203,8 +214,9 @@ def job_folder(output: str | Path) -> Path:
     return folder
 
 
-def write_job_result(output_dir: str | Path, result: dict[str, Any]) -> Path:
-    """``output_dir/result.json`` (what ``launch_job`` returns), written atomically; call on rank 0."""
+def write_result(output_dir: str | Path, result: Mapping[str, Any]) -> Path:
+    """``output_dir/result.json`` (what ``launch_job`` returns), written atomically: every job's one
+    result writer; call on rank 0."""
     path = Path(output_dir) / RESULT_FILE
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(result, indent=2) + "\n")
@@ -217,17 +229,6 @@ def console_logging() -> None:
     console.setLevel(logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING)
     console.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[console])
-
-
-def job_main(job: Job, argv: list[str] | None = None, description: str = "") -> None:
-    """``python -m <job.module> --config <file> [--output-dir <dir>]``: one process, or one torchrun rank."""
-    parser = argparse.ArgumentParser(prog=f"python -m {job.module}", description=description)
-    parser.add_argument("--config", required=True, help="the fully resolved config (JSON)")
-    parser.add_argument("--output-dir", default=None, help="logs and result.json (default: the config's folder)")
-    args = parser.parse_args(argv)
-    console_logging()
-    config = Path(args.config)
-    job.run(config, Path(args.output_dir) if args.output_dir else config.parent)
 
 
 def _tail(path: Path, lines: int) -> str:
@@ -249,30 +250,27 @@ def _failure_report(output_dir: Path, returncode: int, command: str, lines: int)
 class Job:
     """What ``launch_job`` starts on every rank.
 
-    ``module`` runs as ``python -m <module> --config <file> --output-dir <dir>`` (torchrun, a
-    command template); ``run(config_path, output_dir)`` is the same work called in this process
-    (``inprocess``). Rank 0 writes ``output_dir/result.json``, which ``launch_job`` returns.
+    Every rank runs ``python -m vtp_kedro.vtp.launch --config <file> --output-dir <dir>``, which
+    calls ``run(config_path, output_dir)`` of the job the file's ``job`` key names; ``inprocess``
+    calls it in this process. Rank 0 writes ``output_dir/result.json``, which ``launch_job`` returns.
     """
 
-    module: str
+    name: str
     run: Callable[[Path, Path], Any]
     validate: Callable[[Path], Any] = lambda path: None  # fail in the parent, before any process starts
 
 
-TRAINING = Job("vtp_kedro.vtp.launch", lambda config, output_dir: run(config, output_dir), read_run_config)
+TRAINING = Job("train", lambda config, output_dir: run(config, output_dir), read_run_config)
 
 
-def _command(config: Path, output_dir: Path, launcher: LauncherConfig, module: str) -> tuple[str | list[str], bool]:
+def _command(config: Path, output_dir: Path, launcher: LauncherConfig) -> tuple[str | list[str], bool]:
     """The command to run and whether it needs a shell."""
     if launcher.kind == "torchrun":
         return [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 f"--nproc-per-node={launcher.nproc_per_node}",
-                "-m", module, "--config", str(config), "--output-dir", str(output_dir)], False
-    if "{module}" not in launcher.command and module != TRAINING.module:
-        raise ValueError(f"the launcher's command template runs training, not {module}: write "
-                         f"'-m {{module}}' in it to launch other jobs (latent extraction, sampling)")
+                "-m", ENTRY_POINT, "--config", str(config), "--output-dir", str(output_dir)], False
     return launcher.command.format(config=shlex.quote(str(config)), python=shlex.quote(sys.executable),
-                                   nproc=launcher.nproc_per_node, module=module), True
+                                   nproc=launcher.nproc_per_node), True
 
 
 def launch_job(config_path: str | Path, output_dir: str | Path, launcher: LauncherConfig, job: Job) -> dict[str, Any]:
@@ -283,6 +281,8 @@ def launch_job(config_path: str | Path, output_dir: str | Path, launcher: Launch
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    if read_job_file(config_path).get("job") != job.name:
+        raise ValueError(f"{config_path} is not a {job.name!r} job's config (its 'job' must be {job.name!r})")
     job.validate(Path(config_path))
     config = output_dir / CONFIG_FILE
     if Path(config_path).resolve() != config.resolve():
@@ -293,7 +293,7 @@ def launch_job(config_path: str | Path, output_dir: str | Path, launcher: Launch
     if launcher.kind == "inprocess":
         job.run(config, output_dir)
         return json.loads(result.read_text())
-    command, shell = _command(config, output_dir, launcher, job.module)
+    command, shell = _command(config, output_dir, launcher)
     printable = command if shell else shlex.join(command)
     log.info("launching: %s", printable)
     log_dir = output_dir / "logs"
@@ -316,7 +316,7 @@ def launch_job(config_path: str | Path, output_dir: str | Path, launcher: Launch
     if returncode != 0:
         raise RuntimeError(_failure_report(output_dir, returncode, printable, launcher.tail_lines))
     if not result.is_file():
-        raise RuntimeError(f"{job.module} exited cleanly but wrote no {result}: {printable}")
+        raise RuntimeError(f"the {job.name} job exited cleanly but wrote no {result}: {printable}")
     return json.loads(result.read_text())
 
 

@@ -2,7 +2,7 @@
 
 A stage's node builds its task config and calls ``train_stage``, which
 
-1. writes the fully resolved run config (trainer, task factory, task, the MLflow run that
+1. writes the fully resolved run config (trainer, stage name, task, the MLflow run that
    rank 0 logs into) — the one file every rank reads;
 2. names the run by a fingerprint of everything that determines its numbers: the config
    without the settings that only change how a run is watched or stored, and the *content*
@@ -25,12 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from vtp_kedro.vtp.core.config import Config
-from vtp_kedro.vtp.data.shards import SHARD_MANIFEST
 from vtp_kedro.vtp.core.io import DigestCache, fingerprint, folder_digest
+from vtp_kedro.vtp.data.shards import SHARD_MANIFEST
 from vtp_kedro.vtp.engine.checkpoint import load_checkpoint
 from vtp_kedro.vtp.engine.curves import read_metrics_log
-from vtp_kedro.vtp.launch.launcher import LauncherConfig, launch
 from vtp_kedro.vtp.engine.trainer import WALL_CLOCK_METRICS, TrainerConfig
+from vtp_kedro.vtp.launch.launcher import LauncherConfig, launch
+from vtp_kedro.vtp.stages import Stage
 
 # Trainer settings that change how a run is watched or stored, not what it computes.
 NOT_FINGERPRINTED = frozenset({"resume", "log_every", "checkpoint_every", "keep_last"})
@@ -47,10 +48,17 @@ def mlflow_target(prefix: str = "train/") -> dict[str, str] | None:
     return {"run_id": active.info.run_id, "tracking_uri": mlflow.get_tracking_uri(), "prefix": prefix}
 
 
-def resolved_run_config(trainer: TrainerConfig, task_factory: str, task: Config,
+def resolved_run_config(trainer: TrainerConfig, stage: Stage, task: Config,
                         mlflow: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """The run config file's content (schema: ``launcher.RunConfig``)."""
-    return {"trainer": trainer.model_dump(mode="json"), "task_factory": task_factory,
+    """The run config file's content (schema: ``launcher.RunConfig``). ``task`` must be the stage's
+    own config type, so that what the node validated is what every rank validates again."""
+    if not isinstance(task, stage.config):
+        raise TypeError(f"stage {stage.name!r} takes a {stage.config.__name__}, not a {type(task).__name__}")
+    # A stage registered outside the library is found in every process by importing the module
+    # that defines it (and registers it on import).
+    module = stage.build.__module__
+    imports = [] if module.startswith("vtp_kedro.vtp.stages.") else [module]
+    return {"job": "train", "trainer": trainer.model_dump(mode="json"), "stage": stage.name, "imports": imports,
             "task": task.model_dump(mode="json"), "mlflow": None if mlflow is None else dict(mlflow)}
 
 
@@ -59,7 +67,7 @@ def run_fingerprint(resolved: Mapping[str, Any], inputs: Mapping[str, str]) -> s
     trainer = {k: v for k, v in resolved["trainer"].items() if k not in NOT_FINGERPRINTED}
     if trainer.get("init_from"):  # the weights it names enter through ``inputs``, by content
         trainer["init_from"] = {k: v for k, v in trainer["init_from"].items() if k != "path"}
-    identity = {"trainer": trainer, "task_factory": resolved["task_factory"], "task": resolved["task"],
+    identity = {"trainer": trainer, "stage": resolved["stage"], "task": resolved["task"],
                 "inputs": dict(inputs)}
     return fingerprint(identity, 12)
 
@@ -120,13 +128,13 @@ def input_digests(inputs: Mapping[str, Path | list[str]], cache: DigestCache) ->
     return digests
 
 
-def train_stage(runs_dir: str | Path, trainer: TrainerConfig, task_factory: str, task: Config,
+def train_stage(runs_dir: str | Path, trainer: TrainerConfig, stage: Stage, task: Config,
                 inputs: Mapping[str, Path | list[str]], launcher: LauncherConfig = LauncherConfig()) -> StageRun:
     """Resolve, fingerprint (by the content of ``inputs``), launch or resume, and load a stage's run."""
     runs_dir = Path(runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
     digests = input_digests(inputs, DigestCache(runs_dir / _DIGEST_CACHE))
-    resolved = resolved_run_config(trainer, task_factory, task, mlflow_target())
+    resolved = resolved_run_config(trainer, stage, task, mlflow_target())
     run_dir = runs_dir / run_fingerprint(resolved, digests)
     with tempfile.TemporaryDirectory() as staging:
         config_path = Path(staging) / "config.json"

@@ -1,6 +1,6 @@
 """Class-conditional samples from a trained DiT, decoded by the tokenizer, on one or several devices.
 
-``python -m vtp_kedro.vtp.launch.sample_dit --config job.json`` (or under ``torchrun``), where
+``python -m vtp_kedro.vtp.launch --config job.json`` (or under ``torchrun``), where
 ``job.json`` is a ``SamplingJobConfig``. Samples are numbered ``0 .. N-1``; sample ``i`` has
 label ``labels[i]`` and the noise ``initial_noise`` gives index ``i``, so the set is the same
 for any batch size and any number of ranks. Batch ``b`` (samples ``b*B .. (b+1)*B - 1``) is
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -23,14 +23,14 @@ from PIL import Image
 from pydantic import Field
 
 from vtp_kedro.vtp.core.config import Config
-from vtp_kedro.vtp.inference import load_tokenizer
+from vtp_kedro.vtp.core.distributed import DeviceKind, barrier, is_main_process, rank, world_size
 from vtp_kedro.vtp.core.io import atomic_path
 from vtp_kedro.vtp.core.progress import Progress
-from vtp_kedro.vtp.sampling import SamplerConfig, SampleSetConfig, initial_noise
 from vtp_kedro.vtp.engine.checkpoint import load_state_strictly, read_weights
+from vtp_kedro.vtp.inference import load_tokenizer
+from vtp_kedro.vtp.launch.launcher import Job, job_process, write_result
+from vtp_kedro.vtp.sampling import SamplerConfig, SampleSetConfig, initial_noise
 from vtp_kedro.vtp.stages.dit import DiTTrainingConfig, FlowDiT
-from vtp_kedro.vtp.core.distributed import DeviceKind, barrier, is_main_process, rank, world_size
-from vtp_kedro.vtp.launch.launcher import Job, job_main, job_process, write_job_result
 
 SAMPLES_FILE = "samples.npz"
 SETTINGS_FILE = "sampling.json"
@@ -38,6 +38,7 @@ SAME_AS_KEY = "same_as"  # a sampling.json holding only this names the catalog e
 
 
 class SamplingJobConfig(Config):
+    job: Literal["sample_dit"] = "sample_dit"
     task: DiTTrainingConfig = Field(description="the DiT's training config (its architecture)")
     weights: str = Field(description="FlowDiT's state (DiT, EMA, latent statistics): a checkpoint folder "
                                      "or a .safetensors file")
@@ -95,7 +96,7 @@ def run(config_path: Path, output_dir: Path) -> None:
                   **config.record}
         with atomic_path(output / SETTINGS_FILE) as tmp:
             tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-        write_job_result(output_dir, {"samples": settings.num_samples, "output": str(output)})
+        write_result(output_dir, {"samples": settings.num_samples, "output": str(output)})
 
 
 def _merge_parts(output_dir: Path, output: Path, labels: np.ndarray, ranks: int) -> None:
@@ -130,8 +131,5 @@ def samples_per_class(folder: str | Path, per_class: int) -> tuple[dict[str, tor
     return rows, record
 
 
-JOB = Job("vtp_kedro.vtp.launch.sample_dit", run,
+JOB = Job("sample_dit", run,
           lambda path: SamplingJobConfig.model_validate_json(Path(path).read_text()))
-
-if __name__ == "__main__":
-    job_main(JOB, description="Draw class-conditional DiT samples and decode them (one rank or all).")

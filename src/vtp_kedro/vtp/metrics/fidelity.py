@@ -43,8 +43,8 @@ from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, i
 from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
 from torch_fidelity.utils import create_feature_extractor
 
-from vtp_kedro.vtp.metrics.reference import REFERENCE_EXTRACTOR, WEIGHTS_FILE, read_reference_record
 from vtp_kedro.vtp.core.weights import resolve_weights
+from vtp_kedro.vtp.metrics.reference import REFERENCE_EXTRACTOR, WEIGHTS_FILE, read_reference_record
 
 INCEPTION_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
 SpaceName = Literal["inception", "reference"]

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vtp_kedro.vtp.data.imagefolder import LabelledImageFolder, cropped_batches
 from vtp_kedro.vtp.core.io import atomic_path, fingerprint
+from vtp_kedro.vtp.data.imagefolder import LabelledImageFolder, cropped_batches
 from vtp_kedro.vtp.metrics.fidelity import (
     FeatureSpace,
     extract_features,

@@ -26,7 +26,6 @@ from vtp_kedro.vtp.data.preprocess import normalize
 from vtp_kedro.vtp.metrics.understanding import ProbeFeatures, knn_accuracy, linear_probe, pooled_features
 from vtp_kedro.vtp.models.tokenizer import VisualTokenizer
 
-
 # The trainer logs the probe under this prefix; the reports keep its records apart.
 PROBE_PREFIX = "probe/"
 

@@ -34,8 +34,8 @@ from torch_fidelity import FeatureExtractorBase, register_feature_extractor
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from vtp_kedro.vtp.core.config import Config
-from vtp_kedro.vtp.data.imagefolder import LabelledSplit
 from vtp_kedro.vtp.core.tensors import load_tensors, save_tensors
+from vtp_kedro.vtp.data.imagefolder import LabelledSplit
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """VTP tokenizer models: ViT trunk, bottleneck and pixel decoder, text tower, heads, EMA teacher."""
 
+from vtp_kedro.vtp.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, denormalize, normalize, tokenize
 from vtp_kedro.vtp.models.ema import cosine_momentum, ema_update, make_teacher
 from vtp_kedro.vtp.models.heads import CLIPProjection, DINOHead, LogitScale
-from vtp_kedro.vtp.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, denormalize, normalize, tokenize
 from vtp_kedro.vtp.models.text import TEXT_PRESETS, TextConfig, TextEncoder, text_config
 from vtp_kedro.vtp.models.tokenizer import PixelDecoder, TokenizerConfig, TokenizerFeatures, VisualTokenizer
 from vtp_kedro.vtp.models.vit import (

@@ -45,20 +45,62 @@ MAX_PERIOD = 10000.0
 ROPE_THETA = 10000.0
 
 
-class DiTConfig(Config):
-    """Size and options of a LightningDiT; ``DIT_PRESETS`` holds the B/L/XL sizes."""
+DIT_PRESETS: dict[str, dict] = {
+    # ViT-Tiny's width and heads (head dim 64, as B and L) at depth 4: a training step on 16x8x8
+    # latents at batch 64 is about 46 GFLOP (3x the forward), seconds at most on a 2-core CPU,
+    # with every architectural piece of XL.
+    "tiny": dict(depth=4, width=192, heads=3),
+    "B": dict(depth=12, width=768, heads=12),
+    "L": dict(depth=24, width=1024, heads=16),
+    "XL": dict(depth=28, width=1152, heads=16),
+}
 
-    in_channels: int = Field(gt=0, description="latent channels (64 for VTP's tokenizer)")
-    input_size: int = Field(gt=0, description="latent grid side (16 for 256 px at f16)")
+
+class DiTArchitecture(Config):
+    """What a user chooses of a LightningDiT: a size preset (``DIT_PRESETS``) or explicit width, depth
+    and heads (which override a preset's), and its options. ``DiTConfig`` adds what the latents decide.
+
+    Sizes stay as given (None: the preset's), so that overriding ``preset`` later takes its sizes."""
+
+    preset: Literal["tiny", "B", "L", "XL"] | None = Field(None, description="width, depth and heads of DIT_PRESETS")
+    width: int | None = Field(None, gt=0, description="None: the preset's")
+    depth: int | None = Field(None, gt=0, description="None: the preset's")
+    heads: int | None = Field(None, gt=0, description="None: the preset's")
     patch_size: int = Field(1, gt=0, description="1 for f16 latents, as VTP and LightningDiT-XL/1 use")
-    width: int = Field(gt=0)
-    depth: int = Field(gt=0)
-    heads: int = Field(gt=0)
-    num_classes: int = Field(gt=0, description="real classes; one more embedding row is the CFG null class")
     norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
     qk_norm: bool = False
     rope: bool = True
     mlp_ratio: float = Field(4.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check_sizes(self) -> DiTArchitecture:
+        if type(self) is DiTArchitecture:  # DiTConfig checks its own; here: when the run starts
+            missing = [k for k in ("width", "depth", "heads") if getattr(self, k) is None]
+            if self.preset is None and missing:
+                raise ValueError(f"a DiT needs a preset or all of width, depth and heads (missing {missing})")
+            self.for_latents(in_channels=1, input_size=self.patch_size, num_classes=1)
+        return self
+
+    def sizes(self) -> dict[str, int]:
+        """Width, depth and heads: the preset's, overridden by those given."""
+        given = {k: getattr(self, k) for k in ("width", "depth", "heads") if getattr(self, k) is not None}
+        return {**(DIT_PRESETS[self.preset] if self.preset else {}), **given}
+
+    def for_latents(self, in_channels: int, input_size: int, num_classes: int) -> DiTConfig:
+        """This architecture on latents of ``in_channels`` x ``input_size`` x ``input_size`` with ``num_classes``."""
+        return DiTConfig(**{**self.model_dump(), **self.sizes()}, in_channels=in_channels, input_size=input_size,
+                         num_classes=num_classes)
+
+
+class DiTConfig(DiTArchitecture):
+    """A LightningDiT's whole config: its architecture, sizes resolved, and what the latents decide."""
+
+    width: int = Field(gt=0)
+    depth: int = Field(gt=0)
+    heads: int = Field(gt=0)
+    in_channels: int = Field(gt=0, description="latent channels (64 for VTP's tokenizer)")
+    input_size: int = Field(gt=0, description="latent grid side (16 for 256 px at f16)")
+    num_classes: int = Field(gt=0, description="real classes; one more embedding row is the CFG null class")
 
     @model_validator(mode="after")
     def _check_divisibility(self) -> DiTConfig:
@@ -96,17 +138,6 @@ class DiTConfig(Config):
         The 2/3 keeps SwiGLU's three matrices at the parameter count of a GELU MLP's two.
         """
         return int(2 / 3 * int(self.width * self.mlp_ratio))
-
-
-DIT_PRESETS: dict[str, dict] = {
-    # ViT-Tiny's width and heads (head dim 64, as B and L) at depth 4: a training step on 16x8x8
-    # latents at batch 64 is about 46 GFLOP (3x the forward), seconds at most on a 2-core CPU,
-    # with every architectural piece of XL.
-    "tiny": dict(depth=4, width=192, heads=3),
-    "B": dict(depth=12, width=768, heads=12),
-    "L": dict(depth=24, width=1024, heads=16),
-    "XL": dict(depth=28, width=1152, heads=16),
-}
 
 
 def dit_config(preset: str, **overrides) -> DiTConfig:

@@ -20,12 +20,13 @@ from vtp_kedro.vtp.models.vit import (
     Block,
     FFNKind,
     NormKind,
-    ViTConfig,
     VisionTransformer,
+    ViTConfig,
     axial_rope,
     init_vit_weights,
     make_norm,
 )
+
 
 class TokenizerConfig(Config):
     """Encoder, bottleneck width d and pixel decoder size. The decoder reuses the encoder's FFN, mlp_ratio and QK-norm."""

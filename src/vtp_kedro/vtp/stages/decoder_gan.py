@@ -17,9 +17,8 @@ decoder's reconstructions.
 
 The decoder GAN stage as a ``TrainTask``: generator (the pixel decoder) then discriminator, each step.
 
-``build_task`` is the task factory named in the resolved run config
-(``"task_factory": "vtp_kedro.vtp.stages.decoder_gan:build_task"``); its ``task`` section is a
-``DecoderGANTaskConfig``. The tokenizer's weights come in through the trainer's ``init_from``
+``STAGE`` (registered as ``"decoder_gan"``) pairs its task config, a ``DecoderGANTaskConfig``,
+with ``build_task``. The tokenizer's weights come in through the trainer's ``init_from``
 (``target: tokenizer``); encoder and bottleneck are frozen modules, so they never change.
 """
 
@@ -53,14 +52,22 @@ from vtp_kedro.vtp.losses.reconstruction import (
 )
 from vtp_kedro.vtp.models.discriminator import DiscriminatorConfig, build_discriminator
 from vtp_kedro.vtp.models.tokenizer import TokenizerConfig, VisualTokenizer
+from vtp_kedro.vtp.stages import Stage
 
 
-class DecoderGANConfig(Config):
-    tokenizer: TokenizerConfig
+class DecoderGANRecipe(Config):
+    """What a user chooses of the stage: the discriminator, the losses and the seed."""
+
     discriminator: DiscriminatorConfig = DiscriminatorConfig()
     gan: GANLossConfig = GANLossConfig()
     reconstruction: ReconstructionLossConfig = ReconstructionLossConfig()
     seed: int = Field(0, ge=0, description="seed of the latent-noise and DiffAugment draws")
+
+
+class DecoderGANConfig(DecoderGANRecipe):
+    """The recipe on a tokenizer (the architecture of the input tokenizer folder)."""
+
+    tokenizer: TokenizerConfig
 
 
 class DecoderGANModel(nn.Module):
@@ -136,9 +143,6 @@ class DecoderGANModel(nn.Module):
         self.sampler.set_state(state)
 
 
-TASK_FACTORY = "vtp_kedro.vtp.stages.decoder_gan:build_task"
-
-
 class DecoderGANTaskConfig(Config):
     model: DecoderGANConfig
     data: PretrainDataConfig
@@ -173,8 +177,10 @@ class DecoderGANTask(TrainTask):
         return self.model.frozen
 
 
-def build_task(raw: dict[str, Any]) -> tuple[DecoderGANTask, PretrainDataStream]:
-    """The task factory: validate the ``task`` section, build this rank's model and image stream."""
-    config = DecoderGANTaskConfig.model_validate(raw["task"])
+def build_task(config: DecoderGANTaskConfig) -> tuple[DecoderGANTask, PretrainDataStream]:
+    """This rank's model and image stream."""
     data = PretrainDataStream(config.data, rank=rank(), world_size=world_size())
     return DecoderGANTask(DecoderGANModel(config.model, rank=rank())), data
+
+
+STAGE = Stage("decoder_gan", DecoderGANTaskConfig, build_task)

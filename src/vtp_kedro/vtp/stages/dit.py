@@ -20,17 +20,18 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field
 from torch import Tensor, nn
 
 from vtp_kedro.vtp.core.config import Config
+from vtp_kedro.vtp.core.distributed import rank, world_size
 from vtp_kedro.vtp.data.latents import LatentDataConfig, LatentDataStream, load_latent_stats
+from vtp_kedro.vtp.engine.trainer import TrainTask
 from vtp_kedro.vtp.losses.flow import FlowConfig, flow_matching_step
 from vtp_kedro.vtp.models.dit import DiTConfig, LightningDiT, dit_forward_flops
 from vtp_kedro.vtp.models.ema import ema_update, make_teacher
 from vtp_kedro.vtp.sampling import SamplerConfig, sample
-from vtp_kedro.vtp.core.distributed import rank, world_size
-from vtp_kedro.vtp.engine.trainer import TrainTask
+from vtp_kedro.vtp.stages import Stage
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +47,6 @@ INITIAL_GRAD_NORM_NOTE = (
     "step's gradient norm is huge (~1e7-1e8) and is clipped to grad_clip; the first logged grad_norm, a mean of "
     "the pre-clipping norms over log_every steps, carries it (about 1e6), later ones do not")
 
-TASK_FACTORY = "vtp_kedro.vtp.stages.dit:build_task"
-
-
 class DiTTrainingConfig(Config):
     model: DiTConfig
     flow: FlowConfig = FlowConfig()
@@ -57,12 +55,6 @@ class DiTTrainingConfig(Config):
     latent_multiplier: float = Field(1.0, gt=0, description="scale after per-channel normalisation")
     ema_decay: float = Field(0.9999, ge=0, le=1)
     seed: int = Field(0, ge=0, description="seed of the timestep, noise and label-dropout draws")
-
-    @model_validator(mode="after")
-    def _check(self) -> DiTTrainingConfig:
-        if self.model.num_classes < 1:
-            raise ValueError("model.num_classes must be at least 1")
-        return self
 
 
 class FlowDiT(nn.Module):
@@ -126,11 +118,11 @@ class DiTTask(TrainTask):
         return 3.0 * dit_forward_flops(self.model.config.model) * len(batch["labels"])  # backward = 2x forward
 
 
-def build_task(raw: dict[str, Any]) -> tuple[DiTTask, LatentDataStream]:
-    """The task factory: validate the ``task`` section, build this rank's model and latent stream."""
-    config = DiTTrainingConfig.model_validate(raw["task"])
+def build_task(config: DiTTrainingConfig) -> tuple[DiTTask, LatentDataStream]:
+    """This rank's model (with the latent folder's statistics) and latent stream."""
     stats = load_latent_stats(config.data.latents)
     data = LatentDataStream(config.data, rank=rank(), world_size=world_size())
     return DiTTask(FlowDiT(config, stats["mean"], stats["std"], rank=rank())), data
 
 
+STAGE = Stage("dit", DiTTrainingConfig, build_task)

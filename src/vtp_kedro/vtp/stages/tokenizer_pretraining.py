@@ -13,9 +13,8 @@ the images twice. An objective whose λ is 0 is not built and costs no compute.
 
 The VTP tokenizer pre-training stage as a ``TrainTask`` for the project's one trainer.
 
-``build_task`` is the task factory named in the resolved run config
-(``"task_factory": "vtp_kedro.vtp.stages.tokenizer_pretraining:build_task"``); its ``task``
-section is a ``TokenizerPretrainingConfig``: the model and the data stream.
+``STAGE`` (registered as ``"tokenizer_pretraining"``) pairs its task config, a
+``TokenizerPretrainingConfig`` (the model, the data stream, the online probe), with ``build_task``.
 """
 
 from __future__ import annotations
@@ -47,6 +46,7 @@ from vtp_kedro.vtp.models.heads import CLIPProjection, DINOHead, LogitScale
 from vtp_kedro.vtp.models.text import TextConfig, TextEncoder
 from vtp_kedro.vtp.models.tokenizer import TokenizerConfig, VisualTokenizer
 from vtp_kedro.vtp.models.vit import Block
+from vtp_kedro.vtp.stages import Stage
 from vtp_kedro.vtp.stages.flops import training_step_flops
 
 Objective = Literal["ae", "clip_ae", "ssl_ae", "vtp"]
@@ -300,9 +300,6 @@ class VTPModel(nn.Module):
         self.sampler.set_state(state)
 
 
-TASK_FACTORY = "vtp_kedro.vtp.stages.tokenizer_pretraining:build_task"
-
-
 class TokenizerPretrainingConfig(Config):
     model: VTPConfig
     data: PretrainDataConfig
@@ -361,10 +358,12 @@ class VTPTask(TrainTask):
             apply_activation_checkpointing(self.model, check_fn=lambda module: module in units)
 
 
-def build_task(raw: dict[str, Any]) -> tuple[VTPTask, PretrainDataStream]:
-    """The task factory: validate the ``task`` section, build this rank's model and data stream."""
-    config = TokenizerPretrainingConfig.model_validate(raw["task"])
+def build_task(config: TokenizerPretrainingConfig) -> tuple[VTPTask, PretrainDataStream]:
+    """This rank's model, online probe and data stream."""
     model = VTPModel(config.model, rank=rank())
     data = PretrainDataStream(config.data, rank=rank(), world_size=world_size())
     probe = OnlineProbe(config.probe, config.data.image_size) if config.probe is not None else None
     return VTPTask(model, config.data.image_size, probe), data
+
+
+STAGE = Stage("tokenizer_pretraining", TokenizerPretrainingConfig, build_task)

@@ -36,8 +36,8 @@ import pydantic
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
 from vtp_kedro.vtp.core.config import Config
-from vtp_kedro.vtp.data.shards import ShardInfo, write_shards
 from vtp_kedro.vtp.core.io import atomic_path
+from vtp_kedro.vtp.data.shards import ShardInfo, write_shards
 
 # The class-label order of the captioned shards' ``label`` field.
 # Sorted, so that a label index is the same in the shards' metadata and in the ImageNet-style
