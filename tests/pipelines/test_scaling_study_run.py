@@ -37,6 +37,7 @@ def test_the_grid_gives_one_row_per_point_and_the_plots(study_project: Path) -> 
     assert results.loc[results["objective"] == "vtp", "zero_shot"].notna().all()
     # each point spent its budget: at least the FLOPs, less than one step more
     assert (results["flops"] >= results["budget_flops"]).all()
+    assert (results["flops"] - results["budget_flops"] < results["flops"] / results["steps"]).all()  # equal steps
     assert results.groupby("objective")["steps"].apply(lambda s: s.is_monotonic_increasing).all()
     report = study_project / "data/08_reporting/scaling_study"
     for name in ("reconstruction", "generation", "understanding", "generation_vs_understanding"):

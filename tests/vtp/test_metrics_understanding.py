@@ -1,9 +1,14 @@
-"""The linear probe (DINOv2's protocol), k-NN, zero-shot and the confusion matrix."""
+"""The linear probe (DINOv2's protocol), k-NN, zero-shot, the confusion matrix and the online probe."""
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import Tensor, nn
 
 from vtp_kedro.vtp.inference import load_clip_towers
@@ -18,6 +23,7 @@ from vtp_kedro.vtp.metrics.understanding import (
     zero_shot_logits,
     zero_shot_prompts,
 )
+from vtp_kedro.vtp.models.tokenizer import TokenizerFeatures
 
 
 def _blobs(dim: int = 16, classes: int = 4, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
@@ -122,3 +128,55 @@ def test_online_probe_scores_an_encoder_on_the_labelled_subset(image_root, token
     assert all(0 <= value <= 1 for value in first.values())
     with pytest.raises(FileNotFoundError, match="does not exist"):
         OnlineProbe(OnlineProbeConfig(image_root=str(image_root / "missing")), 32)
+
+
+# --- the online probe against known answers --------------------------------------------------------
+PROBE_CLASSES = 4
+PER_CLASS = 50  # train and val images per class
+
+
+class PatchColourEncoder(nn.Module):
+    """A stand-in tokenizer whose latent is each 8x8 patch's mean (normalised) colour, its trunk the
+    same tokens after a CLS of their mean: the probe's features are then the image's mean colour."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = nn.Parameter(torch.zeros(1))  # gives it a device
+
+    def forward_features(self, images: Tensor) -> TokenizerFeatures:
+        patches = nn.functional.avg_pool2d(images, 8)  # (B, 3, 4, 4)
+        tokens = patches.flatten(2).transpose(1, 2)
+        tokens = torch.cat([tokens.mean(1, keepdim=True), tokens], dim=1)
+        return TokenizerFeatures(trunk=tokens, latent_tokens=tokens, grid=(4, 4))
+
+
+def write_colour_folder(root: Path, separable: bool) -> Path:
+    """train/ and val/ with ``PER_CLASS`` 32x32 images of each of 4 classes, each a flat colour plus
+    pixel noise. Separable: class k's colours scatter (sd 0.05) around its own corner of the colour
+    cube, 0.6 from the others'. Noise: every image's colour is drawn from one distribution, whatever its class."""
+    rng = np.random.default_rng(0)
+    corners = np.array([[0.2, 0.2, 0.2], [0.8, 0.2, 0.2], [0.2, 0.8, 0.2], [0.2, 0.2, 0.8]])
+    for split in ("train", "val"):
+        for label in range(PROBE_CLASSES):
+            folder = root / split / f"class_{label}"
+            folder.mkdir(parents=True)
+            for index in range(PER_CLASS):
+                colour = corners[label] + rng.normal(0, 0.05, 3) if separable else rng.uniform(0.2, 0.8, 3)
+                pixels = np.clip(colour + rng.uniform(-0.1, 0.1, (32, 32, 3)), 0, 1)
+                Image.fromarray((pixels * 255).round().astype(np.uint8)).save(folder / f"{index}.png")
+    return root
+
+
+@pytest.mark.parametrize("features", ["bottleneck", "trunk"])
+def test_online_probe_finds_separable_classes_and_stays_at_chance_on_noise(tmp_path, features):
+    config = dict(features=features, train_per_class=PER_CLASS, knn_k=10, linear_epochs=10)
+    encoder = PatchColourEncoder()
+    with torch.no_grad():  # as the trainer calls it
+        separable = OnlineProbe(OnlineProbeConfig(image_root=str(write_colour_folder(tmp_path / "separable", True)),
+                                                  **config), 32)(encoder)
+        noise = OnlineProbe(OnlineProbeConfig(image_root=str(write_colour_folder(tmp_path / "noise", False)),
+                                              **config), 32)(encoder)
+    assert min(separable.values()) >= 0.9, separable
+    # chance is 1/4; on 200 val images one binomial standard error is sqrt(1/4 * 3/4 / 200) = 0.031
+    chance, error = 1 / PROBE_CLASSES, math.sqrt(0.25 * 0.75 / (PROBE_CLASSES * PER_CLASS))
+    assert all(abs(value - chance) <= 3 * error for value in noise.values()), noise

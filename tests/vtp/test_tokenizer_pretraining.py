@@ -14,6 +14,7 @@ from tests.vtp.test_vtp_model import embedded_batch
 from vtp_kedro.vtp.core.config import Config
 from vtp_kedro.vtp.core.distributed import rank, world_size
 from vtp_kedro.vtp.engine import checkpoint as ckpt
+from vtp_kedro.vtp.engine.trainer import Trainer, TrainerConfig
 from vtp_kedro.vtp.launch.launcher import LauncherConfig, launch
 from vtp_kedro.vtp.stages import Stage
 from vtp_kedro.vtp.stages.registry import register_stage
@@ -171,6 +172,23 @@ def test_vtp_killed_and_resumed_ends_bit_identical(tmp_path: Path) -> None:
     expected, actual = ckpt.load_checkpoint(reference)["model"], ckpt.load_checkpoint(resumed)["model"]
     assert expected.keys() == actual.keys()
     assert all(torch.equal(expected[name], actual[name]) for name in expected)
+
+
+@pytest.mark.parametrize("objective", ["ae", "vtp"])
+def test_a_flops_budget_of_the_vtp_task_is_spent_within_one_step(tmp_path: Path, objective: str) -> None:
+    """A scaling point: 2.5 steps' worth of the task's analytic FLOPs buys 3 steps, B <= F < B + F_step."""
+    torch.manual_seed(0)
+    model = {**MODEL, "objective": objective, "reconstruction": {"perceptual_weight": 0.0}}
+    task = VTPTask(VTPModel(VTPConfig.model_validate(model)), image_size=32)
+    data = FixedBatches()
+    step_flops = task.flops_per_step(data.batch)  # the expected iBOT mask: not a whole number
+    budget = 2.5 * step_flops
+    config = TrainerConfig.model_validate({**TRAINER, "budget": {"unit": "flops", "value": budget},
+                                           "checkpoint_every": 100, "optimizer": {"lr": 1e-3}})
+    trainer = Trainer(config, task, data, tmp_path)
+    trainer.fit()
+    assert trainer.step == 3
+    assert budget <= trainer.flops < budget + step_flops
 
 
 def test_activation_checkpointing_keeps_the_gradients() -> None:

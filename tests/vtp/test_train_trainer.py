@@ -161,6 +161,9 @@ def test_total_steps_for_each_unit():
     assert total_steps_for(BudgetConfig(unit="steps", value=12), 64, None) == 12
     assert total_steps_for(BudgetConfig(unit="samples", value=100), 8, None) == 13  # spends the whole budget
     assert total_steps_for(BudgetConfig(unit="flops", value=1e9), 8, 1e8) == 10
+    # 3 * 0.1 / 0.1 rounds to 3.0000000000000004, whose ceiling would buy a fourth step
+    assert total_steps_for(BudgetConfig(unit="flops", value=3 * 0.1), 8, 0.1) == 3
+    assert total_steps_for(BudgetConfig(unit="flops", value=3 * 0.1 + 1e-12), 8, 0.1) == 4
     with pytest.raises(ValueError, match="flops_per_step"):
         total_steps_for(BudgetConfig(unit="flops", value=1e9), 8, None)
     with pytest.raises(pydantic.ValidationError, match="whole number"):
@@ -181,6 +184,36 @@ def test_budget_gives_the_number_of_steps(tmp_path, budget, accumulation, steps)
     assert trainer.samples == steps * 8 * accumulation
     assert trainer.flops == pytest.approx(steps * accumulation * 3 * 2 * 8 * (FEATURES * HIDDEN + HIDDEN))
     assert [p.name for p in ckpt.list_checkpoints(tmp_path / "checkpoints")] == [ckpt.checkpoint_name(steps)]
+
+
+STEP_FLOPS = ToyTask().flops_per_step({"x": torch.zeros(8, FEATURES)})  # a whole number: sums are exact
+
+
+@pytest.mark.parametrize("steps_worth", [0.4, 1.0, 2.5, 3.0, 3.001, 4.999])
+def test_a_flops_budget_stops_at_the_first_step_that_spends_it(tmp_path, steps_worth):
+    """A scaling point spends at least its FLOPs and less than one step more: B <= F < B + F_step."""
+    budget = steps_worth * STEP_FLOPS
+    trainer = fit(tmp_path, trainer_config(budget={"unit": "flops", "value": budget}, checkpoint_every=100,
+                                           optimizer={"lr": 0.05, "warmup_steps": 0}))
+    assert trainer.step == math.ceil(steps_worth)
+    assert budget <= trainer.flops < budget + STEP_FLOPS
+
+
+class TenthOfAFlopToy(ToyTask):
+    def flops_per_step(self, batch: dict[str, Tensor]) -> float:
+        return 0.1  # no binary fraction: quotients and sums of it round
+
+
+@pytest.mark.parametrize("steps", [1, 3, 6, 12])  # k * 0.1 / 0.1 rounds above k for 3, 6 and 12
+def test_a_budget_of_whole_steps_buys_no_extra_step_when_their_flops_round(tmp_path, steps):
+    config = trainer_config(budget={"unit": "flops", "value": steps * 0.1}, checkpoint_every=100,
+                            optimizer={"lr": 0.05, "warmup_steps": 0})
+    torch.manual_seed(config.seed)
+    trainer = Trainer(config, TenthOfAFlopToy(), ToyData(), tmp_path)
+    trainer.fit()
+    assert trainer.step == steps
+    # the budget, to rounding: the trainer adds 0.1 per step, the budget is the product steps * 0.1
+    assert trainer.flops == pytest.approx(steps * 0.1, rel=1e-12)
 
 
 def test_warmup_longer_than_the_run_is_refused(tmp_path):

@@ -105,7 +105,8 @@ def compare_reconstructions(pretrained_tokenizer: Path, gan_tokenizer: Path, raw
     report: dict[str, Any] = measure_reconstruction(tokenizers, batches(), backbone,
                                                     params.model.reconstruction.weights_dir)
     report["protocol"] = {"images": f"{raw_labelled_images}/{settings.split}", "image_size": size,
-                          "lpips_backbone": backbone, "ssim": "gaussian 11x11, sigma 1.5", "psnr": "data range 1"}
+                          "lpips_backbone": backbone, "ssim": "gaussian 11x11, sigma 1.5, windows inside the image",
+                          "psnr": "data range 1"}
     metrics = {f"{name}.{metric}": {"value": float(value), "step": 0}
                for name in tokenizers for metric, value in report[name].items()}
     numbers, protocol = split_report(report)

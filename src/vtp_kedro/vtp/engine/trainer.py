@@ -176,15 +176,31 @@ class TrainerConfig(Config):
         return {name: self.optimizers[name] for name in names}
 
 
+def _steps_to_spend(total: float, per_step: float) -> int:
+    """The smallest n >= 1 with n * per_step >= total, so that the overspend n * per_step - total
+    lies in [0, per_step).
+
+    ``ceil(total / per_step)`` alone is not it: the quotient is rounded, and a budget of exactly k
+    steps can come out a hair above k (3 * 0.1 / 0.1 = 3.0000000000000004), which would buy a whole
+    extra step; it can also come out a hair below when the product falls short.
+    """
+    steps = max(1, math.ceil(total / per_step))
+    if steps > 1 and (steps - 1) * per_step >= total:
+        steps -= 1
+    elif steps * per_step < total:
+        steps += 1
+    return steps
+
+
 def total_steps_for(budget: BudgetConfig, samples_per_step: int, flops_per_step: float | None) -> int:
-    """Steps to train: the smallest count that spends the whole budget."""
+    """Steps to train: the first step count at which the whole budget is spent (``_steps_to_spend``)."""
     if budget.unit == "steps":
         return int(budget.value)
     if budget.unit == "samples":
-        return math.ceil(budget.value / samples_per_step)
+        return _steps_to_spend(budget.value, samples_per_step)
     if not flops_per_step:
         raise ValueError("a budget in flops needs task.flops_per_step(batch) to return the step's FLOPs")
-    return math.ceil(budget.value / flops_per_step)
+    return _steps_to_spend(budget.value, flops_per_step)
 
 
 # --- what a stage gives the trainer --------------------------------------------------------
