@@ -37,7 +37,7 @@ def shards(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_the_base_plan_moves_each_point_into_its_folder_with_its_coordinates(shards: Path) -> None:
     study, stages = _stage_params()
     plan = plan_scaling_study(shards, study, *stages.values())
-    assert len(plan.points) == 12  # 4 presets x 3 budgets
+    assert len(plan.points) == 15  # 5 presets x 3 budgets
     first = plan.points[0]
     tokenizer = first.params["tokenizer_pretraining"]
     assert tokenizer.model.objective == first.point.objective == "ae"
@@ -52,7 +52,10 @@ def test_the_base_plan_moves_each_point_into_its_folder_with_its_coordinates(sha
     assert tokenizer.data.shards is None and first.data_samples is None  # all the data
     # only the coordinates differ between points of one budget
     same_budget = [p for p in plan.points if p.point.budget_flops == first.point.budget_flops]
-    assert {p.params["tokenizer_pretraining"].model.objective for p in same_budget} == {"ae", "clip_ae", "ssl_ae", "vtp"}
+    assert {p.params["tokenizer_pretraining"].model.objective for p in same_budget} == {"ae", "ae_noise", "clip_ae",
+                                                                                      "ssl_ae", "vtp"}
+    control = next(p for p in same_budget if p.point.objective == "ae_noise").params["tokenizer_pretraining"].model
+    assert control.noise_tau > 0 and tokenizer.model.noise_tau == 0
 
 
 def test_a_data_size_takes_the_fewest_whole_shards_and_fingerprints_differ(shards: Path) -> None:

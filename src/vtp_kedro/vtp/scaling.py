@@ -1,8 +1,8 @@
 """The scaling study (the paper's Figures 2 and 4-7): a grid of tokenizer pre-training runs, one
 table of their downstream numbers, and the plots that show whether generation scales.
 
-A grid point is one pre-training configuration: an objective preset (``ae``, ``clip_ae``,
-``ssl_ae``, ``vtp``) and a compute budget in FLOPs, optionally a tokenizer size, a data size
+A grid point is one pre-training configuration: an objective preset (``ae``, ``ae_noise``,
+``clip_ae``, ``ssl_ae``, ``vtp``) and a compute budget in FLOPs, optionally a tokenizer size, a data size
 and where the semantic heads read (``bottleneck`` or ``trunk``). Every point is judged by the
 same downstream protocol (GAN decoder, latents, DiT, evaluation), so the only thing that
 differs between two rows of ``results.csv`` is the tokenizer's pre-training.
@@ -148,7 +148,7 @@ def _value(value: Any) -> float | None:
 
 
 # --- the plots --------------------------------------------------------------------------------------
-_OBJECTIVE_COLOURS = {"ae": "tab:grey", "clip_ae": "tab:blue", "ssl_ae": "tab:green", "vtp": "tab:red"}
+_OBJECTIVE_COLOURS = {"ae": "tab:grey", "ae_noise": "tab:brown", "clip_ae": "tab:blue", "ssl_ae": "tab:green", "vtp": "tab:red"}
 _OTHER_AXES = ("model_size", "data_size", "semantic_features")
 
 
