@@ -116,3 +116,24 @@ def test_a_point_catalog_moves_the_chain_outputs_and_reads_the_shared_inputs(tmp
     outside = {**catalog_config, "latents": {"type": "vtp_kedro.datasets.FolderDataset", "path": "/elsewhere/latents"}}
     with pytest.raises(ValueError, match="/elsewhere/latents is not under"):
         point_catalog(outside, point_pipeline(), point_dir, {}, data)
+
+
+def test_the_verdict_nodes_read_the_results_table_as_kedro_hands_it_over(tmp_path: Path) -> None:
+    """results.csv read back by pandas (NaN for empty cells) gives the library's verdict and summary."""
+    import pandas as pd
+
+    from tests.vtp.test_scaling_verdict import _table
+    from vtp_kedro.pipelines.scaling_study.nodes import judge_scaling_study, summarise_scaling_study
+    from vtp_kedro.pipelines.scaling_study.pipeline import create_pipeline
+    from vtp_kedro.vtp import scaling
+
+    rows = _table(gfid=lambda o, d: 60 + 5 * d if o != "vtp" else 50 - 10 * d,
+                  probe=lambda o, d: 0.12 if o != "vtp" else 0.2 + 0.1 * d, rfid=lambda o, d: 30 - 8 * d)
+    pd.DataFrame(rows).reindex(columns=[*scaling.RESULT_COLUMNS, "seed"]).to_csv(tmp_path / "results.csv", index=False)
+    results = pd.read_csv(tmp_path / "results.csv")
+    study, _ = _stage_params()
+    judged = judge_scaling_study(results, study)
+    assert {claim["verdict"] for claim in judged["claims"]} == {"supported"}
+    assert judged == scaling.verdict(rows, study.verdict)
+    assert "## Verdict on the paper's claims" in summarise_scaling_study(results, study)
+    assert "scaling_verdict" in create_pipeline().all_outputs()

@@ -63,6 +63,8 @@ class ScalingStudyParams(Config):
     # Overrides of tokenizer_pretraining's parameters for every point (the grid's coordinates come after).
     tokenizer_pretraining: dict[str, Any] = {}
     downstream: DownstreamOverrides = DownstreamOverrides()
+    # How summary.md and verdict.json judge the paper's claims (intervals' level, gFID margin, bootstrap).
+    verdict: scaling.VerdictConfig = scaling.VerdictConfig()
 
     @model_validator(mode="after")
     def _model_sizes(self) -> ScalingStudyParams:
@@ -193,21 +195,26 @@ def _rows(results: pd.DataFrame) -> list[dict[str, Any]]:
     return results.to_dict(orient="records")
 
 
-def plot_reconstruction_scaling(scaling_results: pd.DataFrame) -> Figure:
-    return scaling.plot_reconstruction(_rows(scaling_results))
+def plot_reconstruction_scaling(scaling_results: pd.DataFrame, study: ScalingStudyParams) -> Figure:
+    return scaling.plot_reconstruction(_rows(scaling_results), study.verdict.level)
 
 
-def plot_generation_scaling(scaling_results: pd.DataFrame) -> Figure:
-    return scaling.plot_generation(_rows(scaling_results))
+def plot_generation_scaling(scaling_results: pd.DataFrame, study: ScalingStudyParams) -> Figure:
+    return scaling.plot_generation(_rows(scaling_results), study.verdict.level)
 
 
-def plot_understanding_scaling(scaling_results: pd.DataFrame) -> Figure:
-    return scaling.plot_understanding(_rows(scaling_results))
+def plot_understanding_scaling(scaling_results: pd.DataFrame, study: ScalingStudyParams) -> Figure:
+    return scaling.plot_understanding(_rows(scaling_results), study.verdict.level)
 
 
-def plot_generation_vs_understanding(scaling_results: pd.DataFrame) -> Figure:
-    return scaling.plot_generation_vs_understanding(_rows(scaling_results))
+def plot_generation_vs_understanding(scaling_results: pd.DataFrame, study: ScalingStudyParams) -> Figure:
+    return scaling.plot_generation_vs_understanding(_rows(scaling_results), study.verdict)
 
 
-def summarise_scaling_study(scaling_results: pd.DataFrame) -> str:
-    return scaling.summary_markdown(_rows(scaling_results))
+def judge_scaling_study(scaling_results: pd.DataFrame, study: ScalingStudyParams) -> dict[str, Any]:
+    """verdict.json: each of the paper's claims supported, contradicted or undecided, with its statistics."""
+    return scaling.verdict(_rows(scaling_results), study.verdict)
+
+
+def summarise_scaling_study(scaling_results: pd.DataFrame, study: ScalingStudyParams) -> str:
+    return scaling.summary_markdown(_rows(scaling_results), study.verdict)
