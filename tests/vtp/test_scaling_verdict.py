@@ -158,3 +158,28 @@ def test_the_plots_draw_each_points_interval_and_the_correlation():
     assert (low, high) == pytest.approx((interval.low, interval.high))
     scatter = scaling.plot_generation_vs_understanding(rows).axes[0]
     assert "Spearman ρ" in scatter.get_title() and "over 12 points" in scatter.get_title()
+
+
+def test_a_point_is_the_mean_over_its_seeds_and_one_seed_has_the_fids_own_noise():
+    runs = [{"point": "p", "seed": seed, "gfid_ref": value, "gfid_ref_noise": 0.5, "psnr": 20.0 + seed}
+            for seed, value in enumerate([10.0, 12.0, 14.0])]
+    over_seeds = scaling.point_estimate(runs, "gfid_ref")
+    assert over_seeds == scaling_stats.mean_interval([10.0, 12.0, 14.0])  # t over seeds, not the FID's noise
+    assert over_seeds.low == pytest.approx(12 - stats.t.ppf(0.975, 2) * 2 / math.sqrt(3))
+    one = scaling.point_estimate(runs[:1], "gfid_ref")
+    assert (one.estimate, one.n) == (10.0, 1) and "split-half" in one.method
+    assert (one.low, one.high) == pytest.approx((10 - 1.959964 * 0.5, 10 + 1.959964 * 0.5))
+    psnr = scaling.point_estimate(runs[:1], "psnr")  # no noise estimate: no interval
+    assert psnr.estimate == 20.0 and math.isnan(psnr.low)
+    assert scaling.point_estimate(runs, "linear_probe") is None
+    table = "\n".join(scaling.points_markdown([dict(run, objective="ae") for run in runs[:1]]))
+    assert "| p | 1 | 20 | – | 10 [9.02, 10.98]¹ |" in table and "split halves" in table
+
+
+def test_seeds_are_derived_from_the_run_seed_at_every_depth():
+    config = {"seed": 3, "trainer": {"seed": 0, "lr": 1.0}, "sampling": {"seed": 7}, "name": "x", "flag": True}
+    assert scaling.derived_seed_overrides(config, 0) == {"seed": 3, "trainer": {"seed": 0}, "sampling": {"seed": 7}}
+    assert scaling.derived_seed_overrides(config, 2) == {"seed": 20003, "trainer": {"seed": 20000},
+                                                         "sampling": {"seed": 20007}}
+    with pytest.raises(ValueError, match="run seed"):
+        scaling.derived_seed_overrides(config, -1)

@@ -96,38 +96,65 @@ def expand_grid(grid: ScalingGridConfig) -> list[GridPoint]:
     return points
 
 
+# --- seeds: every point runs once per seed --------------------------------------------------------
+SEED_STRIDE = 10_000
+
+
+def derived_seed_overrides(config: Mapping[str, Any], run_seed: int) -> dict[str, Any]:
+    """Overrides that move every ``seed`` key of a stage's parameters (at any depth, e.g. the
+    trainer's, the data stream's, the model's sampler's, the DiT sampling's) to
+    ``configured + SEED_STRIDE * run_seed``: run seed 0 is the configured run itself, and run seeds
+    stay apart from the per-rank offsets the stages add (below SEED_STRIDE ranks)."""
+    if run_seed < 0:
+        raise ValueError(f"a run seed is >= 0; got {run_seed}")
+    overrides: dict[str, Any] = {}
+    for key, value in config.items():
+        if key == "seed" and isinstance(value, int) and not isinstance(value, bool):
+            overrides[key] = value + SEED_STRIDE * run_seed
+        elif isinstance(value, Mapping):
+            nested = derived_seed_overrides(value, run_seed)
+            if nested:
+                overrides[key] = nested
+    return overrides
+
+
 # --- the results table ------------------------------------------------------------------------------
-# One row per point. FIDs are named for their feature space (Inception: rfid, gfid; the reference
+# One row per run (a point and a seed). FIDs are named for their feature space (Inception: rfid, gfid; the reference
 # classifier: rfid_ref, gfid_ref): a study fills the columns of the spaces its evaluation measured.
 # gfid and gen_class_acc are the unguided samples' (the paper's protocol); *_cfg the guided ones.
+# gfid_noise / gfid_ref_noise: the standard deviation of that one gFID from its samples alone
+# (metrics.fidelity.fid_split_half_noise).
 RESULT_COLUMNS: tuple[str, ...] = (
-    "point", "objective", "budget_flops", "model_size", "data_size", "semantic_features",
+    "point", "seed", "objective", "budget_flops", "model_size", "data_size", "semantic_features",
     "flops", "steps", "data_samples",
     "psnr", "rfid", "rfid_ref", "class_acc_ref",
     "linear_probe", "zero_shot", "chance", "pixel_baseline",
-    "gfid", "gfid_ref", "gen_class_acc", "gfid_cfg", "gfid_ref_cfg", "gen_class_acc_cfg", "cfg_scale",
+    "gfid", "gfid_ref", "gfid_noise", "gfid_ref_noise", "gen_class_acc",
+    "gfid_cfg", "gfid_ref_cfg", "gen_class_acc_cfg", "cfg_scale",
     "probe_knn",
     "mlflow_run_id",
 )
 
 
 def result_row(point: GridPoint, metrics: Mapping[str, Any], probe_log: Sequence[Mapping[str, Any]],
-               trainer_state: Mapping[str, Any], data_samples: int | None, mlflow_run_id: str | None) -> dict[str, Any]:
-    """A point's row of ``results.csv`` from its evaluation's ``metrics.json``, the online probe's log
-    and the pre-training run's final trainer state."""
+               trainer_state: Mapping[str, Any], data_samples: int | None, mlflow_run_id: str | None,
+               seed: int) -> dict[str, Any]:
+    """A run's row of ``results.csv`` (the point run with ``seed``) from its evaluation's
+    ``metrics.json``, the online probe's log and the pre-training run's final trainer state."""
     rec = metrics["reconstruction"]["post_gan"]
     probe = metrics["understanding"]["linear_probe"]
     zero_shot = metrics["understanding"]["zero_shot"]
     unguided, guided = metrics["generation"]["unguided"], metrics["generation"]["guided"]
     knn = [record["probe/knn_top1"] for record in probe_log if "probe/knn_top1" in record]
     row = {
-        **point.coordinates(), "point": point.name,
+        **point.coordinates(), "point": point.name, "seed": seed,
         "flops": trainer_state["flops"], "steps": trainer_state["step"], "data_samples": data_samples,
         "psnr": rec["psnr"], "rfid": rec.get("rfid"), "rfid_ref": rec.get("rfid_ref"),
         "class_acc_ref": rec.get("class_acc_ref"),
         "linear_probe": probe["top1"], "zero_shot": zero_shot.get("top1"), "chance": probe["chance"],
         "pixel_baseline": probe.get("pixel_baseline_top1"),
         "gfid": unguided.get("gfid"), "gfid_ref": unguided.get("gfid_ref"),
+        "gfid_noise": unguided.get("gfid_noise"), "gfid_ref_noise": unguided.get("gfid_ref_noise"),
         "gen_class_acc": unguided["gen_class_acc"],
         "gfid_cfg": guided.get("gfid"), "gfid_ref_cfg": guided.get("gfid_ref"),
         "gen_class_acc_cfg": guided["gen_class_acc"], "cfg_scale": guided["cfg_scale"],
@@ -159,15 +186,22 @@ def point_runs(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str,
 
 
 def point_estimate(runs: Sequence[Mapping[str, Any]], column: str, level: float = 0.95) -> Interval | None:
-    """The point's mean of ``column`` over its runs with its interval (Student t over the runs);
-    one run: its value with a NaN interval. None when no run measured it."""
-    values = [value for value in (_value(run.get(column)) for run in runs) if value is not None]
-    if not values:
+    """The point's mean of ``column`` over its runs (seeds) with its interval: Student t over the
+    runs when there are two or more. With one run, a FID (a column with a ``<column>_noise`` beside
+    it) gets the normal interval of its own sampling noise only (the split-half estimate: the
+    seed-to-seed spread of training is not in it), anything else a NaN interval. None when no run
+    measured it."""
+    measured = [(value, run) for value, run in ((_value(run.get(column)), run) for run in runs) if value is not None]
+    if not measured:
         return None
-    interval = scaling_stats.mean_interval(values, level)
-    if interval is None:
-        return Interval(values[0], math.nan, math.nan, 1, level, "one run: no interval")
-    return interval
+    interval = scaling_stats.mean_interval([value for value, _ in measured], level)
+    if interval is not None:
+        return interval
+    value, run = measured[0]
+    noise = _value(run.get(f"{column}_noise"))
+    if noise is not None:
+        return scaling_stats.normal_interval(value, noise, level, method="one run: the FID's split-half noise only")
+    return Interval(value, math.nan, math.nan, 1, level, "one run: no interval")
 
 
 def _flops(row: Mapping[str, Any]) -> float:
@@ -388,8 +422,10 @@ def _paired_difference(rows: Sequence[Mapping[str, Any]], objective: str, baseli
         if row["objective"] in values and value is not None:
             values[row["objective"]].setdefault(key(row), []).append(value)
     common = sorted(set(values[objective]) & set(values[baseline]))
-    differences = [sum(values[objective][k]) / len(values[objective][k]) - sum(values[baseline][k]) / len(values[baseline][k])
-                   for k in common]
+    def mean(found: list[float]) -> float:
+        return sum(found) / len(found)
+
+    differences = [mean(values[objective][k]) - mean(values[baseline][k]) for k in common]
     return scaling_stats.mean_interval(differences, level)
 
 
@@ -511,5 +547,31 @@ def summary_markdown(rows: Sequence[Mapping[str, Any]], config: VerdictConfig | 
     baseline = _value(rows[0].get("pixel_baseline"))
     lines += ["", f"Floors: chance {chance:.3f}" + (f", raw-pixel probe {baseline:.3f}" if baseline is not None else "")
               + "; gen_class_acc's ceiling is each row's class_acc_ref (the reconstructions' own class accuracy).", ""]
+    lines += points_markdown(rows, config.level)
     lines += verdict_markdown(verdict(rows, config))
     return "\n".join(lines)
+
+
+def points_markdown(rows: Sequence[Mapping[str, Any]], level: float = 0.95) -> list[str]:
+    """Each point's mean over its runs (seeds) and its interval (``point_estimate``)."""
+    metrics = [name for name in ("psnr", _present(rows, "rfid", "rfid_ref"), "linear_probe",
+                                 _present(rows, "gfid", "gfid_ref")) if name]
+    seeds = sorted({str(row.get("seed")) for row in rows})
+    lines = [f"## Points: mean over seeds [{level:.0%} interval]", "",
+             f"Seeds {', '.join(seeds)}. With two or more runs the interval is Student t over the seeds (training, "
+             "GAN, DiT and sampling all vary with the seed); with one run only the gFID has one, its own sampling "
+             "noise from split halves of its samples, which leaves out the seed-to-seed spread of training.", "",
+             "| point | runs | " + " | ".join(metrics) + " |", "|" + "---|" * (len(metrics) + 2)]
+    for name, runs in point_runs(rows).items():
+        cells = []
+        for metric in metrics:
+            estimate = point_estimate(runs, metric, level)
+            if estimate is None:
+                cells.append("–")
+            elif math.isfinite(estimate.low):
+                cells.append(f"{estimate.estimate:.4g} [{estimate.low:.4g}, {estimate.high:.4g}]"
+                             + ("¹" if estimate.n == 1 else ""))
+            else:
+                cells.append(f"{estimate.estimate:.4g}")
+        lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
+    return [*lines, "", "¹ one run: the FID's split-half sampling noise only.", ""]
