@@ -27,7 +27,8 @@ def study_project(filtered_project: Path, tmp_path_factory: pytest.TempPathFacto
 
 def test_the_grid_gives_one_row_per_point_and_the_plots(study_project: Path) -> None:
     results = pd.read_csv(study_project / "data/08_reporting/scaling_study/results.csv")
-    assert len(results) == 4
+    assert len(results) == 4 and (results["seed"] == 0).all()
+    assert results["gfid_ref_noise"].notna().all()  # the gFID's own sampling noise, from split halves
     assert sorted(zip(results["objective"], results["budget_flops"])) == [
         ("ae", 3e10), ("ae", 6e10), ("vtp", 3e10), ("vtp", 6e10)]
     for column in ("psnr", "rfid_ref", "linear_probe", "gfid_ref", "gen_class_acc", "probe_knn", "chance"):
@@ -42,14 +43,18 @@ def test_the_grid_gives_one_row_per_point_and_the_plots(study_project: Path) -> 
     report = study_project / "data/08_reporting/scaling_study"
     for name in ("reconstruction", "generation", "understanding", "generation_vs_understanding"):
         assert (report / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
-    assert "| vtp | 3e10 → 6e10 |" in (report / "summary.md").read_text()
+    summary = (report / "summary.md").read_text()
+    assert "| vtp | 3e10 → 6e10 |" in summary and "## Verdict on the paper's claims" in summary
+    verdict = json.loads((report / "verdict.json").read_text())
+    assert [claim["claim"] for claim in verdict["claims"]] == ["a", "b", "c", "d"]
 
 
 def test_every_point_has_its_own_folder_and_mlflow_run_tagged_with_its_coordinates(study_project: Path) -> None:
     results = pd.read_csv(study_project / "data/08_reporting/scaling_study/results.csv")
     for point in results["point"]:
-        folder = study_project / POINTS / point
+        folder = study_project / POINTS / point / "seed0"  # conf/ci: one seed
         record = json.loads((folder / "point.json").read_text())
+        assert record["seed"] == 0
         assert record["point"] == point and record["mlflow_run_id"] in set(results["mlflow_run_id"])
         assert (folder / "08_reporting/evaluation/metrics.json").is_file()
         assert (folder / "06_models/gan_tokenizer/tokenizer.safetensors").is_file()
@@ -80,7 +85,7 @@ def test_every_point_has_its_own_folder_and_mlflow_run_tagged_with_its_coordinat
 def test_a_rerun_trains_nothing_and_an_interrupted_point_resumes(study_project: Path) -> None:
     results_csv = study_project / "data/08_reporting/scaling_study/results.csv"
     before = pd.read_csv(results_csv)
-    records = sorted((study_project / POINTS).glob("*/point.json"))
+    records = sorted((study_project / POINTS).glob("*/seed0/point.json"))
     classifiers = sorted((study_project / POINTS / ".reference_classifiers").rglob("*.safetensors"))
     stamps = {path: path.stat().st_mtime_ns for path in records + classifiers}
     # One point loses its record, as if the study was killed after the point's training: it is

@@ -62,7 +62,7 @@ def _row(objective: str, budget: float, psnr: float, probe: float, gfid: float) 
     point = scaling.GridPoint(objective, budget)
     return scaling.result_row(point, _metrics(psnr, probe, gfid, 0.2), [{"step": 5, "probe/knn_top1": 0.3},
                                                                        {"step": 10, "probe/knn_top1": probe + 0.01}],
-                              {"flops": budget * 1.01, "step": 10}, None, "run-id")
+                              {"flops": budget * 1.01, "step": 10}, None, "run-id", 0)
 
 
 def test_a_result_row_reads_the_paper_protocol_numbers():

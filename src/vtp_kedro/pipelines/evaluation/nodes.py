@@ -82,6 +82,10 @@ class GenerationParams(Config):
                                                 "else the path of an ADM reference batch .npz")
     reference_max_images: int | None = Field(None, gt=0, description="None: the whole train split")
     grid_per_class: int = Field(8, gt=0)
+    fid_noise_splits: int = Field(4, ge=0, description="random halvings of the unguided samples for gfid*_noise, one "
+                                                       "gFID's own sampling noise (fid_split_half_noise); 0: off. "
+                                                       "Each costs two FIDs (Inception's 2048 dims: ~15 s each "
+                                                       "on one CPU core)")
 
 
 class EvaluationParams(Config):
@@ -293,7 +297,8 @@ def evaluate_generation(dit_samples: Path, dit_samples_unguided: Path, raw_label
                 reference = adm_reference_batch(settings.reference, space, params.batch_size, device)
                 described = settings.reference
             count = len(reference["features"][space.fid_layer]) if "features" in reference else "ADM's mu/sigma"
-            entry.update(fidelity_metrics(generated, reference, space, prefix="g"))
+            entry.update(fidelity_metrics(generated, reference, space, prefix="g",
+                                          noise_splits=settings.fid_noise_splits if name == "unguided" else 0))
             entry.setdefault("protocol", {})[space.name] = {
                 **space.describe(), "generated_images": len(labels), "reference_images": count,
                 "reference": described, "sampler": record["sampler"], "dit_step": record.get("dit_step"),

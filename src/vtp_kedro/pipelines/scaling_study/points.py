@@ -1,13 +1,13 @@
-"""One grid point's run: the project's own downstream pipelines on a catalog moved into the point's folder.
+"""One grid point's run with one seed: the project's own downstream pipelines on a catalog moved into the run's folder.
 
-The point's catalog holds the project's dataset definitions (``catalog.yml`` as the session
+The run's catalog holds the project's dataset definitions (``catalog.yml`` as the session
 resolved it, handed to the node by ``CatalogConfigHook``), with every output of the downstream
-chain moved from ``data/<layer>/...`` to ``<points_dir>/<point>/<layer>/...``; the shared inputs
+chain moved from ``data/<layer>/...`` to ``<points_dir>/<point>/seed<seed>/<layer>/...``; the shared inputs
 (filtered shards, labelled images, the study's reference classifier) stay where they are. It runs
 with Kedro's ``SequentialRunner``, so a point is judged by exactly the nodes and datasets the
 default chain uses, and resumes like them: every training stage continues its run from the
-point's runs folders, extraction skips finished shards. A finished point leaves ``point.json``
-(its fingerprint and results row) and is never run again while the fingerprint holds.
+run's runs folders, extraction skips finished shards. A finished run leaves ``point.json``
+(its fingerprint, seed and MLflow run id) and is never run again while the fingerprint holds.
 """
 
 from __future__ import annotations
@@ -46,14 +46,30 @@ _PATH_KEYS = ("path", "filepath")
 
 @dataclass(frozen=True)
 class PlannedPoint:
-    """A grid point with every stage's parameters, validated, and the pre-training samples it reads."""
+    """A grid point run with one seed: every stage's parameters (the seeds derived from ``seed``),
+    validated, and the pre-training samples it reads."""
 
     point: GridPoint
     params: Mapping[str, Config]
     data_samples: int | None
+    seed: int = 0
+
+    @staticmethod
+    def run_path(point: GridPoint, seed: int) -> str:
+        """The run's folder under the study's points_dir: ``<point>/seed<seed>``."""
+        return f"{point.name}/seed{seed}"
+
+    @property
+    def path(self) -> str:
+        return self.run_path(self.point, self.seed)
+
+    @property
+    def run_name(self) -> str:
+        """The run's MLflow name, e.g. ``vtp_1.72e13flops_default_all_bottleneck_seed0``."""
+        return f"{self.point.name}_seed{self.seed}"
 
     def fingerprint(self, input_digests: Mapping[str, str]) -> str:
-        identity = {"point": self.point.coordinates(), "inputs": dict(input_digests),
+        identity = {"point": self.point.coordinates(), "seed": self.seed, "inputs": dict(input_digests),
                     "params": {stage: params.model_dump(mode="json") for stage, params in self.params.items()}}
         return fingerprint(identity, 16)
 
@@ -114,26 +130,29 @@ def point_catalog(catalog_config: Mapping[str, Any], pipeline: Pipeline, point_d
 
 
 @contextlib.contextmanager
-def point_mlflow_run(point: GridPoint, params: Mapping[str, Config]) -> Iterator[str | None]:
-    """A nested MLflow run for the point under the study's run, tagged with its grid coordinates; the
-    stages inside it (their trainers, artifact and metric datasets) log into it. None without MLflow."""
+def point_mlflow_run(planned: PlannedPoint) -> Iterator[str | None]:
+    """A nested MLflow run for the point's run with its seed under the study's run, tagged with its
+    grid coordinates and seed; the stages inside it (their trainers, artifact and metric datasets)
+    log into it. None without MLflow."""
     import mlflow
 
     if mlflow.active_run() is None:
         yield None
         return
-    tags = {"scaling_study.point": point.name,
+    point = planned.point
+    tags = {"scaling_study.point": point.name, "scaling_study.seed": str(planned.seed),
             **{f"scaling_study.{axis}": f"{value:g}" if isinstance(value, float) else str(value)
                for axis, value in point.coordinates().items()}}
-    with mlflow.start_run(run_name=point.name, nested=True, tags=tags) as run:
-        mlflow.log_params({f"grid.{axis}": value for axis, value in point.coordinates().items()})
-        mlflow.log_dict({stage: config.model_dump(mode="json") for stage, config in params.items()},
+    with mlflow.start_run(run_name=planned.run_name, nested=True, tags=tags) as run:
+        mlflow.log_params({**{f"grid.{axis}": value for axis, value in point.coordinates().items()},
+                           "grid.seed": planned.seed})
+        mlflow.log_dict({stage: config.model_dump(mode="json") for stage, config in planned.params.items()},
                         "resolved_config.json")
         yield run.info.run_id
 
 
 @contextlib.contextmanager
-def stage_mlflow_run(stage: str, point: GridPoint) -> Iterator[None]:
+def stage_mlflow_run(stage: str, planned: PlannedPoint) -> Iterator[None]:
     """The stage's own MLflow run, nested in the point's (as ``kedro run`` nests a stage's run in its
     own), so each training's ``train/*`` curves have their own charts; tagged ``kedro_pipeline`` and
     ``scaling_study.point``. Nothing without an active run."""
@@ -143,7 +162,8 @@ def stage_mlflow_run(stage: str, point: GridPoint) -> Iterator[None]:
         yield
         return
     with mlflow.start_run(run_name=stage, nested=True,
-                          tags={"kedro_pipeline": stage, "scaling_study.point": point.name}):
+                          tags={"kedro_pipeline": stage, "scaling_study.point": planned.point.name,
+                                "scaling_study.seed": str(planned.seed)}):
         yield
 
 
@@ -166,14 +186,14 @@ def point_row(planned: PlannedPoint, catalog: DataCatalog, mlflow_run_id: str | 
     protocol = catalog.load("evaluation_protocol") if catalog.exists("evaluation_protocol") else {}
     report = merge_report(catalog.load("evaluation_metrics"), protocol)
     return result_row(planned.point, report, catalog.load("tokenizer_probe_log"),
-                      trainer_state, planned.data_samples, mlflow_run_id)
+                      trainer_state, planned.data_samples, mlflow_run_id, planned.seed)
 
 
 def run_point(planned: PlannedPoint, catalog: DataCatalog, point_dir: Path, fingerprint: str) -> str | None:
     """Run (or resume) the point's downstream chain and write ``point.json``; returns its MLflow run id."""
-    with point_mlflow_run(planned.point, planned.params) as run_id:
+    with point_mlflow_run(planned) as run_id:
         for stage, pipeline in point_stages().items():  # each stage's inputs are on disk by then
-            with stage_mlflow_run(stage, planned.point):
+            with stage_mlflow_run(stage, planned):
                 SequentialRunner().run(pipeline, catalog)
         if run_id is not None:
             import mlflow
@@ -181,7 +201,8 @@ def run_point(planned: PlannedPoint, catalog: DataCatalog, point_dir: Path, fing
             row = point_row(planned, catalog, run_id)
             mlflow.log_metrics({f"scaling_study.{key}": float(value) for key, value in row.items()
                                 if isinstance(value, (int, float)) and not isinstance(value, bool)})
-    record = {"point": planned.point.name, "fingerprint": fingerprint, "coordinates": planned.point.coordinates(),
+    record = {"point": planned.point.name, "seed": planned.seed, "fingerprint": fingerprint,
+              "coordinates": planned.point.coordinates(),
               "mlflow_run_id": run_id}
     with atomic_path(point_dir / POINT_RECORD) as tmp:
         tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")

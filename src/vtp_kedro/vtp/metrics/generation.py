@@ -30,6 +30,7 @@ from vtp_kedro.vtp.data.imagefolder import LabelledImageFolder, cropped_batches
 from vtp_kedro.vtp.metrics.fidelity import (
     FeatureSpace,
     extract_features,
+    fid_split_half_noise,
     fid_statistics,
     frechet_distance,
     inception_score,
@@ -92,8 +93,10 @@ def adm_reference_batch(path: str | Path, space: FeatureSpace, batch_size: int,
 
 
 def fidelity_metrics(generated: dict[str, Tensor], reference: dict[str, Any], space: FeatureSpace,
-                     prefix: str) -> dict[str, float | None]:
-    """``{prefix}fid``, ``is``, ``is_std``, ``precision``, ``recall`` (each with the space's suffix)."""
+                     prefix: str, noise_splits: int = 0) -> dict[str, float | None]:
+    """``{prefix}fid``, ``is``, ``is_std``, ``precision``, ``recall`` (each with the space's suffix); with
+    ``noise_splits`` > 0 also ``{prefix}fid{suffix}_noise``, the FID's own sampling noise
+    (``fid_split_half_noise`` over that many splits, two FIDs each; None with fewer than 4 samples)."""
     suffix = space.suffix
     features = reference.get("features")
     stats = reference.get("stats") or fid_statistics(features[space.fid_layer])
@@ -102,6 +105,9 @@ def fidelity_metrics(generated: dict[str, Tensor], reference: dict[str, Any], sp
         f"{prefix}fid{suffix}": frechet_distance(fid_statistics(generated[space.fid_layer]), stats),
         f"is{suffix}": score, f"is_std{suffix}": spread,
     }
+    if noise_splits > 0:
+        result[f"{prefix}fid{suffix}_noise"] = (fid_split_half_noise(generated[space.fid_layer], stats, noise_splits)
+                                               if len(generated[space.fid_layer]) >= 4 else None)
     if features is None:  # mu/sigma only: precision/recall need the reference images' features
         result[f"precision{suffix}"] = result[f"recall{suffix}"] = None
     else:

@@ -34,6 +34,7 @@ from vtp_kedro.vtp.data.transforms import MultiCrop, MultiCropConfig, block_mask
 from vtp_kedro.vtp.engine.optim import OptimizerConfig, vit_lr_scales
 from vtp_kedro.vtp.engine.trainer import TrainTask
 from vtp_kedro.vtp.losses.contrastive import ContrastiveLoss
+from vtp_kedro.vtp.losses.gan import latent_noise
 from vtp_kedro.vtp.losses.reconstruction import (
     ReconstructionLoss,
     ReconstructionLossConfig,
@@ -49,14 +50,22 @@ from vtp_kedro.vtp.models.vit import Block
 from vtp_kedro.vtp.stages import Stage
 from vtp_kedro.vtp.stages.flops import training_step_flops
 
-Objective = Literal["ae", "clip_ae", "ssl_ae", "vtp"]
+Objective = Literal["ae", "ae_noise", "clip_ae", "ssl_ae", "vtp"]
 # (λ_ssl, λ_clip) of each named preset; λ_rec is its own setting (paper default 0.1).
 OBJECTIVE_PRESETS: dict[str, tuple[float, float]] = {
     "ae": (0.0, 0.0),
+    "ae_noise": (0.0, 0.0),
     "clip_ae": (0.0, 1.0),
     "ssl_ae": (1.0, 0.0),
     "vtp": (1.0, 1.0),
 }
+# The latent-noise tau of each preset that sets one (the others: 0, no noise). ``ae_noise`` is the
+# non-semantic control of the scaling study: ``ae`` plus the decoder GAN stage's latent-noise
+# regulariser (``losses.gan.latent_noise``, RAE's noise-augmented decoding) during pre-training, so
+# that a gain of ``vtp`` over ``ae`` is credited to semantics only where it also beats this control.
+# The latents are not normalised (RAE's 0.8 is on normalised ones); 0.5 is of the order of the
+# default tiny tokenizer's latent scale at initialisation, an untuned choice.
+OBJECTIVE_LATENT_NOISE: dict[str, float] = {"ae_noise": 0.5}
 
 
 class DINOHeadConfig(Config):
@@ -95,6 +104,10 @@ class VTPConfig(Config):
     lambda_rec: float = Field(0.1, gt=0)
     lambda_ssl: float | None = Field(None, ge=0, description="None: the objective preset's value")
     lambda_clip: float | None = Field(None, ge=0, description="None: the objective preset's value")
+    latent_noise_tau: float | None = Field(
+        None, ge=0, description="tau of the latent noise on the reconstruction's latents in training "
+                                "(losses.gan.latent_noise); None: the objective preset's value (ae_noise: "
+                                "OBJECTIVE_LATENT_NOISE, the others 0)")
     ssl_fraction: float = Field(0.25, gt=0, le=1, description="B_ssl / B (paper 4k / 16k)")
     rec_fraction: float = Field(0.125, gt=0, le=1, description="B_rec / B (paper 2k / 16k)")
     reconstruction: ReconstructionLossConfig = ReconstructionLossConfig()
@@ -134,6 +147,13 @@ class VTPConfig(Config):
         ssl = preset_ssl if self.lambda_ssl is None else self.lambda_ssl
         clip = preset_clip if self.lambda_clip is None else self.lambda_clip
         return self.lambda_rec, ssl, clip
+
+    @property
+    def noise_tau(self) -> float:
+        """The latent noise's tau with the preset filling an unset one (0: no noise)."""
+        if self.latent_noise_tau is not None:
+            return self.latent_noise_tau
+        return OBJECTIVE_LATENT_NOISE.get(self.objective, 0.0)
 
     @property
     def ssl_loss(self) -> SSLLossConfig:
@@ -198,7 +218,13 @@ class VTPModel(nn.Module):
         return loss, {"clip": loss.detach(), **metrics}
 
     def reconstruction_objective(self, latent: Tensor, targets: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        loss, metrics = self.reconstruction_loss(self.tokenizer.decode(latent), targets)
+        """L_rec of the decoded latents; in training mode with a latent-noise tau > 0 (``ae_noise``,
+        or ``latent_noise_tau`` set) the decoder reads ``latent_noise(latent)``, the decoder GAN
+        stage's regulariser, drawn from the model's seeded sampler. In eval mode, and at tau 0,
+        nothing is drawn and the latents pass unchanged."""
+        tau = self.config.noise_tau if self.training else 0.0
+        reconstruction = self.tokenizer.decode(latent_noise(latent, tau, self.sampler))
+        loss, metrics = self.reconstruction_loss(reconstruction, targets)
         return loss, {"rec": loss.detach(), **metrics}
 
     def ssl_objective(self, images: Tensor, step: int) -> tuple[Tensor, dict[str, Tensor]]:
