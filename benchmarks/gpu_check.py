@@ -86,7 +86,6 @@ from vtp_kedro.vtp.stages.tokenizer_pretraining import (  # noqa: E402
     VTPTask,
     build_task,
 )
-
 from vtp_kedro.vtp.synthetic.generator import SyntheticConfig, write_captioned_shards  # noqa: E402
 
 # Only the model library above: the resume check's training process imports this module for its
