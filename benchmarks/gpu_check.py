@@ -27,7 +27,7 @@ chain             ``kedro run --env gpu`` (conf/gpu) in a scratch copy of the pr
 A step here is the model's own (``task.training_step``, backward, gradient clipping, AdamW,
 ``task.after_optimizer_step``), as benchmarks/tokenizer_step.py's "bare" step; the trainer's
 overhead over it is that benchmark's target. MFU = analytic model FLOPs per step
-(``train/flops.py``, ``dit_forward_flops``) / seconds per step / the GPU's dense bf16 peak (a
+(``stages/flops.py``, ``dit_forward_flops``) / seconds per step / the GPU's dense bf16 peak (a
 table keyed by ``torch.cuda.get_device_name()``, or ``--peak-tflops``).
 
 Each section is isolated: an error (out of memory, a compile failure) is recorded in the JSON and
@@ -515,8 +515,11 @@ def build_slow_task(config: SlowTaskConfig) -> tuple[VTPTask, SlowStream]:
     return task, SlowStream(data, config.delay_s, config.gate)
 
 
-# Registered on import: the killed run's process imports this module (its config's ``imports``).
-register_stage(Stage("gpu_check_slow", SlowTaskConfig, build_slow_task))
+# Registered by the importable module ``gpu_check`` (the run configs' ``imports``), in the killed
+# run's process and in this script's own, where this file runs as ``__main__``: registering from
+# ``__main__`` too would put a second, different stage under the same name.
+if __name__ != "__main__":
+    register_stage(Stage("gpu_check_slow", SlowTaskConfig, build_slow_task))
 
 
 def check_result(ok: bool, **detail: Any) -> dict[str, Any]:
