@@ -67,6 +67,7 @@ from typing import Any
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 import torch  # noqa: E402
+from pydantic import Field  # noqa: E402
 
 from vtp_kedro.vtp.engine import checkpoint as ckpt  # noqa: E402
 from vtp_kedro.vtp.engine.optim import OptimizerConfig  # noqa: E402
