@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from vtp_kedro.vtp.core.config import Config
 from vtp_kedro.vtp.core.distributed import (
@@ -123,22 +123,29 @@ def read_job_file(config_path: str | Path) -> dict[str, Any]:
     return raw
 
 
-def resolve_stage(run_config: RunConfig) -> tuple[Stage, Config]:
-    """The run's stage (after importing ``imports``) and its task config, validated by the stage's schema."""
+def resolve_stage(run_config: RunConfig, source: str | Path) -> tuple[Stage, Config]:
+    """The run's stage (after importing ``imports``) and its task config, validated by the stage's
+    schema; a failure names ``source`` (the config file)."""
     for module in run_config.imports:
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as error:
-            raise ImportError(f"imports: cannot import {module!r} ({error})") from error
-    stage = get_stage(run_config.stage)
-    return stage, stage.config.model_validate(run_config.task)
+            raise ImportError(f"{source}: imports: cannot import {module!r} ({error})") from error
+    try:
+        stage = get_stage(run_config.stage)
+    except ValueError as error:
+        raise ValueError(f"{source}: {error}") from None
+    try:
+        return stage, stage.config.model_validate(run_config.task)
+    except ValidationError as error:
+        raise ValueError(f"{source}: the task of stage {stage.name!r} is invalid: {error}") from None
 
 
 def read_run_config(config_path: str | Path) -> tuple[RunConfig, Stage, Config]:
     """A training run's config, its stage and the stage's validated task config: what each process
     validates once (the parent before any process starts, then each rank)."""
     run_config = RunConfig.model_validate(read_job_file(config_path))
-    return run_config, *resolve_stage(run_config)
+    return run_config, *resolve_stage(run_config, config_path)
 
 
 @contextlib.contextmanager
@@ -170,7 +177,7 @@ def run(config_path: str | Path, output_dir: str | Path | None = None) -> Path:
     output_dir = Path(output_dir) if output_dir is not None else config_path.parent
     run_config = RunConfig.model_validate(read_job_file(config_path))
     with job_process(output_dir, run_config.trainer.device):
-        stage, task_config = resolve_stage(run_config)  # inside: a failure lands in the rank's log
+        stage, task_config = resolve_stage(run_config, config_path)  # inside: a failure lands in the rank's log
         seed_all(run_config.trainer.seed)
         task, data = stage.build(task_config)
         target = run_config.mlflow
